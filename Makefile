@@ -1,0 +1,40 @@
+# Two commands do all set-up on a fresh machine with Python >= 3.11 and pip:
+#   make demo   create .venv, install, run the demo
+#   make test   same set-up, then lint and the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+SHARED ?= ../shared
+
+.PHONY: demo test conformance bench lint format clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/twinrx demo --out demo-output.zarr
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/python -m pytest
+
+conformance: $(STAMP)
+	$(BIN)/python -m twinrx.testing.conformance --shared $(SHARED) --report conformance-report.json
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[bench]'
+	$(BIN)/python benchmarks/simulate_cohort.py
+
+clean:
+	rm -rf $(VENV) demo-output.zarr conformance-report.json .pytest_cache .ruff_cache

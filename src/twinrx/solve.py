@@ -1,0 +1,584 @@
+"""Simulate patients: NONMEM events, then segments solved in closed form or with diffrax.
+
+One patient is one ``lax.scan`` over its events sorted in NONMEM order. Between two
+events the state is advanced over the segment with the current piecewise-constant infusion
+input, either exactly (the closed form of a linear model) or with a diffrax ODE solve; at an
+event a bolus is a jump of the state, an infusion start/end a change of the input, a reset
+zeroes both. Doses are never impulses inside the vector field. Steady states are fixed points
+of the one-interval map found by Newton's method (exact in one step for linear systems) and
+are computed once per steady-state record, outside the scan.
+
+Cohorts are the same function under ``jax.vmap``; every shape is fixed by the padded
+:class:`~twinrx.events.EventTable`, so one compilation serves a whole cohort.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._types import Status
+from .events import (
+    EVID_DOSE,
+    EVID_RESET,
+    EVID_RESET_DOSE,
+    DataError,
+    EventTable,
+    Problem,
+    stack_tables,
+)
+from .model._base import AbstractModel
+
+jax.config.update("jax_enable_x64", True)
+
+__all__ = ["SolverConfig", "simulate", "simulate_arrays"]
+
+# Event kinds inside the scan.
+_NONE, _BOLUS, _INF_START, _INF_END, _RESET, _SS_RESET, _SS_ADD = range(7)
+_MODIFIERS = ("lag", "bioav", "rate", "duration")
+_MOD_DEFAULT = {"lag": 0.0, "bioav": 1.0, "rate": 0.0, "duration": 0.0}
+
+
+class SolverConfig(eqx.Module):
+    """Static solver options (part of the compilation key)."""
+
+    method: str = eqx.field(static=True, default="closed_form")  # closed_form | ode | stiff
+    rtol: float = eqx.field(static=True, default=1e-6)
+    atol: float = eqx.field(static=True, default=1e-9)
+    max_steps: int = eqx.field(static=True, default=4096)
+    ss_iters: int = eqx.field(static=True, default=3)
+    modifiers: tuple[tuple[str, int, str], ...] = eqx.field(static=True, default=())
+    at_records: bool = eqx.field(static=True, default=False)
+
+
+# --------------------------------------------------------------------------------------
+# Segment propagators
+# --------------------------------------------------------------------------------------
+def _ode_advance(model, cfg, p, x, r, t0, t1, *, forward=False):
+    solver = dfx.Kvaerno5() if cfg.method == "stiff" else dfx.Tsit5()
+    term = dfx.ODETerm(lambda t, y, args: model.vector_field(t, y, args[0], args[1]))
+    sol = dfx.diffeqsolve(
+        term,
+        solver,
+        t0,
+        t1,
+        None,
+        x,
+        args=(p, r),
+        stepsize_controller=dfx.PIDController(rtol=cfg.rtol, atol=cfg.atol),
+        max_steps=cfg.max_steps,
+        saveat=dfx.SaveAt(t1=True),
+        throw=False,
+        adjoint=dfx.ForwardMode() if forward else dfx.RecursiveCheckpointAdjoint(),
+    )
+    code = jnp.where(
+        sol.result == dfx.RESULTS.successful,
+        Status.SUCCESS,
+        jnp.where(sol.result == dfx.RESULTS.max_steps_reached, Status.MAX_STEPS, Status.SOLVER_FAILED),
+    )
+    return sol.ys[0], code
+
+
+class _Propagator:
+    """advance(sys, x, rate, t0, t1) -> (x, status) for one parameter set ``sys``."""
+
+    def __init__(self, model: AbstractModel, cfg: SolverConfig):
+        self.model, self.cfg = model, cfg
+        self.closed = cfg.method == "closed_form"
+
+    def system(self, p):
+        return self.model.closed_form_system(p) if self.closed else p
+
+    def advance(self, sys, x, r, t0, t1, *, forward=False):
+        if self.closed:
+            return sys.advance(x, r, t1 - t0), jnp.asarray(Status.SUCCESS)
+        return _ode_advance(self.model, self.cfg, sys, x, r, t0, t1, forward=forward)
+
+
+# --------------------------------------------------------------------------------------
+# Steady state
+# --------------------------------------------------------------------------------------
+def _newton_fixed_point(fn, fn_fwd, x0, iters, scale):
+    """Solve fn(x) = x. The Jacobian is held constant for differentiation, which gives the
+    implicit-function-theorem derivative at convergence without differentiating it."""
+    n = x0.shape[0]
+    x, code = x0, jnp.asarray(Status.SUCCESS)
+    for _ in range(iters):
+        jac = jax.lax.stop_gradient(jax.jacfwd(lambda z: fn_fwd(z)[0])(jax.lax.stop_gradient(x)))
+        px, c = fn(x)
+        code = jnp.maximum(code, c)
+        x = x - jnp.linalg.solve(jac - jnp.eye(n), px - x)
+    px, c = fn(x)
+    resid = jnp.max(jnp.abs(px - x) / (jnp.abs(x) + scale))
+    code = jnp.maximum(code, c)
+    code = jnp.where(resid > 1e-6, jnp.maximum(code, Status.STEADY_STATE_NOT_CONVERGED), code)
+    return x, code
+
+
+def _steady_state(prop, cfg, p, *, c, amt, rate_col, ii, t, F, L, Rm, Dm, K, n):
+    """State right after a steady-state record at time ``t``, the input rate left running,
+    and the end times of the earlier (implied) infusions still running then.
+
+    Bolus or infusion of duration D every II, with lag L: x_a, the state at an implied
+    arrival, is the fixed point of one period (q = floor(D/II) earlier infusions overlap,
+    q+1 during the first D - q*II hours); the state at ``t`` is x_a advanced from the last
+    implied arrival at or before ``t`` (at t + L - m*II). Earlier implied infusions still
+    running at ``t`` keep running and end at t + L + D - k*II.
+    """
+    sys = prop.system(p)
+    sys_fwd = prop.system(jax.lax.stop_gradient(p))
+    e_c = jax.nn.one_hot(c, n)
+    is_inf = rate_col != 0
+    const_inf = (amt == 0) & (rate_col > 0) & (ii == 0)
+    R, D = _infusion_rate_duration(rate_col, F * amt, Rm, Dm)
+    R = jnp.where(is_inf, R, 0.0)
+    D = jnp.where(is_inf, D, 0.0)
+    b = jnp.where(is_inf, 0.0, F * amt) * e_c
+    r_vec = R * e_c
+    iis = jnp.where(ii > 0, ii, 1.0)
+    q = jnp.floor(D / iis)
+    rr = D - q * iis
+
+    def period(x, forward=False):
+        s = sys_fwd if forward else sys
+        x1, c1 = prop.advance(s, x + b, (q + 1.0) * r_vec, 0.0, rr, forward=forward)
+        x2, c2 = prop.advance(s, x1, q * r_vec, rr, iis, forward=forward)
+        return x2, jnp.maximum(c1, c2)
+
+    iters = 1 if prop.closed else cfg.ss_iters
+    scale = cfg.atol + 1e-12
+    xa, code = _newton_fixed_point(period, functools.partial(period, forward=True), jnp.zeros(n), iters, scale)
+    # Last implied arrival at or before t is at t + L - m*II.
+    m = jnp.maximum(1.0, jnp.ceil(L / iis))
+    s0 = m * iis - L
+    x1, c1 = prop.advance(sys, xa + b, (q + 1.0) * r_vec, 0.0, jnp.minimum(s0, rr))
+    x_t, c2 = prop.advance(sys, x1, q * r_vec, jnp.minimum(s0, rr), s0)
+    code = jnp.maximum(code, jnp.maximum(c1, c2))
+    # Implied infusions k = m, m+1, ... started at t + L - k*II, still running at t.
+    k = m + jnp.arange(K, dtype=float)
+    tail_active = is_inf & (k * iis < L + D)
+    tail_end = t + L + D - k * iis
+    overflow = is_inf & ((m + K) * iis < L + D)
+    code = jnp.where(overflow, jnp.maximum(code, Status.STEADY_STATE_OVERLAP), code)
+    tail_rate = R * jnp.sum(tail_active) * e_c
+
+    # Steady state of a constant infusion: vector_field(x) + r = 0.
+    def fixed(x, forward=False):
+        pp = jax.lax.stop_gradient(p) if forward else p
+        return x + prop.model.vector_field(t, x, pp, r_vec), jnp.asarray(Status.SUCCESS)
+
+    xc, cc = _newton_fixed_point(fixed, functools.partial(fixed, forward=True), jnp.zeros(n), 1 if prop.closed else cfg.ss_iters, scale)
+    x_ss = jnp.where(const_inf, xc, x_t)
+    # NONMEM 7 (its own output for this case): the state is set to the steady state of the
+    # constant infusion, and the infusion does not continue past the record.
+    rate_ss = jnp.where(const_inf, 0.0, tail_rate)
+    code = jnp.where(const_inf, cc, code)
+    return x_ss, rate_ss, tail_end, tail_active & ~const_inf, code
+
+
+def _infusion_rate_duration(rate_col, famt, Rm, Dm):
+    """NONMEM: RATE>0 keeps the rate (duration F*AMT/RATE); -1 rate from the model;
+    -2 duration from the model (rate F*AMT/D)."""
+    R = jnp.where(rate_col > 0, rate_col, jnp.where(rate_col == -1, Rm, famt / jnp.where(Dm > 0, Dm, 1.0)))
+    Rs = jnp.where(R > 0, R, 1.0)
+    D = jnp.where(rate_col == -2, Dm, famt / Rs)
+    return R, D
+
+
+# --------------------------------------------------------------------------------------
+# One patient
+# --------------------------------------------------------------------------------------
+def _per_record(p: Mapping[str, Any], R: int) -> dict[str, jax.Array]:
+    return {k: jnp.broadcast_to(jnp.asarray(v, float), (R,)) for k, v in p.items()}
+
+
+def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, out_times):
+    n = model.n_state
+    R = et.time.shape[0]
+    M = et.dose_rec.shape[0]
+    S = et.ss_rec.shape[0]
+    K = et.max_ss_overlap
+    T = out_times.shape[0]
+    prop = _Propagator(model, cfg)
+    time_varying = any(jnp.ndim(v) > 0 for v in p.values())
+    p_rec = _per_record(p, R)
+
+    # Per-record, per-compartment dosing modifiers.
+    mods = {k: jnp.full((R, n), _MOD_DEFAULT[k]) for k in _MODIFIERS}
+    for kind, cmt, src in cfg.modifiers:
+        mods[kind] = mods[kind].at[:, cmt].set(p_rec[src])
+
+    # ---- dose instances -> arrival and end events ----
+    r = et.dose_rec
+    c = et.cmt[r]
+    rate_col = et.rate[r]
+    F = mods["bioav"][r, c]
+    L = mods["lag"][r, c]
+    famt = F * et.amt[r]
+    is_inf = rate_col != 0
+    R_inf, D_inf = _infusion_rate_duration(rate_col, famt, mods["rate"][r, c], mods["duration"][r, c])
+    t_arr = et.dose_time + L
+    implied = (~et.dose_first) | (L > 0)
+    arr_kind = jnp.where(et.dose_mask, jnp.where(is_inf, _INF_START, _BOLUS), _NONE)
+    arr_val = jnp.where(is_inf, R_inf, famt)
+    end_kind = jnp.where(et.dose_mask & is_inf, _INF_END, _NONE)
+
+    # ---- steady-state records ----
+    if S:
+        def ss_one(i):
+            ci = et.cmt[i]
+            pi = {k: v[i] for k, v in p_rec.items()}
+            return _steady_state(
+                prop, cfg, pi, c=ci, amt=et.amt[i], rate_col=et.rate[i], ii=et.ii[i], t=et.time[i],
+                F=mods["bioav"][i, ci], L=mods["lag"][i, ci], Rm=mods["rate"][i, ci],
+                Dm=mods["duration"][i, ci], K=K, n=n,
+            )
+
+        ss_x, ss_rate, tail_end, tail_active, ss_code = jax.vmap(ss_one)(et.ss_rec)
+        tail_active = tail_active & et.ss_mask[:, None]
+        ss_code = jnp.where(et.ss_mask, ss_code, Status.SUCCESS)
+        ss_slot = jnp.zeros(R, jnp.int32).at[et.ss_rec].set(jnp.arange(S, dtype=jnp.int32))
+    else:
+        ss_x = jnp.zeros((1, n))
+        ss_rate = jnp.zeros((1, n))
+        tail_end = jnp.zeros((0, K))
+        tail_active = jnp.zeros((0, K), bool)
+        ss_code = jnp.zeros((0,), jnp.int32)
+        ss_slot = jnp.zeros(R, jnp.int32)
+
+    # ---- record events ----
+    ev = et.evid
+    is_dose_rec = (ev == EVID_DOSE) | (ev == EVID_RESET_DOSE)
+    rec_kind = jnp.where(
+        is_dose_rec & (et.ss == 1),
+        _SS_RESET,
+        jnp.where(
+            (ev == EVID_RESET) | (ev == EVID_RESET_DOSE),
+            _RESET,
+            _NONE,
+        ),
+    )
+    # EVID 4 with SS=2 is a reset followed by the SS addition: the same as SS=1.
+    rec_kind = jnp.where(is_dose_rec & (et.ss == 2) & (ev == EVID_RESET_DOSE), _SS_RESET, rec_kind)
+    rec_kind = jnp.where(is_dose_rec & (et.ss == 2) & (ev == EVID_DOSE), _SS_ADD, rec_kind)
+    rec_kind = jnp.where(et.mask, rec_kind, _NONE)
+    rec_idx = jnp.arange(R, dtype=jnp.int32)
+
+    tail_n = S * K
+    tail_rec = jnp.repeat(et.ss_rec, K) if S else jnp.zeros((0,), jnp.int32)
+    tail_val = (
+        jnp.repeat(jax.vmap(lambda i: _infusion_rate_duration(
+            et.rate[i], mods["bioav"][i, et.cmt[i]] * et.amt[i],
+            mods["rate"][i, et.cmt[i]], mods["duration"][i, et.cmt[i]])[0])(et.ss_rec), K)
+        if S else jnp.zeros((0,))
+    )
+    n_out = R if cfg.at_records else T
+    out_t = et.time if cfg.at_records else out_times
+    out_key = 3 * rec_idx + 2 if cfg.at_records else jnp.full((T,), 3 * R + 5, jnp.int32)
+
+    # All events: records, arrivals, ends, steady-state tails, outputs.
+    e_time = jnp.concatenate([et.time, t_arr, t_arr + D_inf, tail_end.reshape(-1), out_t])
+    e_key = jnp.concatenate([
+        3 * rec_idx,
+        jnp.where(implied, -1, 3 * r + 1),
+        jnp.full((M,), -1, jnp.int32),
+        jnp.full((tail_n,), -1, jnp.int32),
+        out_key,
+    ])
+    e_kind = jnp.concatenate([
+        rec_kind, arr_kind, end_kind,
+        jnp.where(tail_active.reshape(-1), _INF_END, _NONE), jnp.full((n_out,), _NONE),
+    ]).astype(jnp.int32)
+    e_cmt = jnp.concatenate([et.cmt, c, c, et.cmt[tail_rec], jnp.zeros((n_out,), jnp.int32)])
+    e_val = jnp.concatenate([jnp.zeros(R), arr_val, R_inf, tail_val, jnp.zeros(n_out)])
+    e_origin = jnp.concatenate([rec_idx, r, r, tail_rec, jnp.full((n_out,), R, jnp.int32)])
+    e_slot = jnp.concatenate([ss_slot, jnp.zeros((2 * M + tail_n + n_out,), jnp.int32)])
+    E = e_time.shape[0]
+    order = jnp.lexsort((jnp.arange(E), e_key, e_time))
+
+    # Parameters of each segment: the record at or after the segment's end (NONMEM: a
+    # record's covariates govern the interval that ends at it).
+    valid_times = jnp.where(et.mask, et.time, jnp.inf)
+    n_valid = jnp.sum(et.mask)
+    if time_varying:
+        seg_rec = jnp.clip(jnp.searchsorted(valid_times, e_time[order], side="left"), 0, n_valid - 1)
+        sys_rec = jax.vmap(prop.system)(p_rec)
+    else:
+        sys0 = prop.system({k: jnp.asarray(v, float) for k, v in p.items()})
+
+    xs = (e_time[order], e_kind[order], e_cmt[order], e_val[order], e_origin[order], e_slot[order])
+    if time_varying:
+        xs = xs + (seg_rec,)
+
+    t_first = jnp.min(jnp.where(et.mask, et.time, jnp.inf))
+
+    def body(carry, ev_):
+        x, rate, t_prev, last_reset, code = carry
+        if time_varying:
+            t, kind, cm, val, origin, slot, sr = ev_
+            sys = jax.tree.map(lambda a: a[sr], sys_rec)
+        else:
+            t, kind, cm, val, origin, slot = ev_
+            sys = sys0
+        t_from = jnp.minimum(t_prev, t)
+        x, c_adv = prop.advance(sys, x, rate, t_from, t)
+        code = jnp.maximum(code, c_adv)
+        live = origin >= last_reset
+        onehot = jax.nn.one_hot(cm, n)
+        x = x + jnp.where((kind == _BOLUS) & live, val, 0.0) * onehot
+        dr = jnp.where((kind == _INF_START) & live, val, 0.0) - jnp.where((kind == _INF_END) & live, val, 0.0)
+        rate = rate + dr * onehot
+        is_reset = (kind == _RESET) | (kind == _SS_RESET)
+        x = jnp.where(is_reset, 0.0, x)
+        rate = jnp.where(is_reset, 0.0, rate)
+        last_reset = jnp.where(is_reset, origin, last_reset)
+        is_ss = (kind == _SS_RESET) | (kind == _SS_ADD)
+        x = x + jnp.where(is_ss, ss_x[slot], 0.0)
+        rate = rate + jnp.where(is_ss, ss_rate[slot], 0.0)
+        # Clean up round-off of a finished infusion so the input is exactly off.
+        rate = jnp.where(jnp.abs(rate) < 1e-12 * (jnp.abs(val) + 1.0), 0.0, rate)
+        return (x, rate, jnp.maximum(t, t_prev), last_reset, code), x
+
+    init = (jnp.zeros(n), jnp.zeros(n), t_first, jnp.asarray(-1, jnp.int32), jnp.asarray(Status.SUCCESS))
+    (_, _, _, _, code), ys = jax.lax.scan(body, init, xs)
+    code = jnp.maximum(code, jnp.max(ss_code, initial=0))
+
+    # Gather the output slots back into input order.
+    inv = jnp.zeros(E, jnp.int32).at[order].set(jnp.arange(E, dtype=jnp.int32))
+    out_pos = inv[E - n_out :]
+    amounts = ys[out_pos]
+    if cfg.at_records:
+        p_out = p_rec
+    else:
+        idx = jnp.clip(jnp.searchsorted(valid_times, out_times, side="left"), 0, n_valid - 1)
+        p_out = {k: v[idx] for k, v in p_rec.items()}
+    outputs = jax.vmap(model.observe)(amounts, p_out)
+    finite = jnp.all(jnp.isfinite(amounts))
+    code = jnp.where(finite, code, jnp.maximum(code, Status.NONFINITE))
+    return amounts, outputs, code
+
+
+@functools.partial(jax.jit, static_argnames=("model", "cfg", "batched", "times_batched"))
+def _simulate_jit(model, cfg, et, p, out_times, *, batched, times_batched):
+    if not batched:
+        return _simulate_one(model, cfg, et, p, out_times)
+    fn = functools.partial(_simulate_one, model, cfg)
+    return jax.vmap(fn, in_axes=(0, 0, 0 if times_batched else None))(et, p, out_times)
+
+
+# --------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------
+def _resolve_method(model: AbstractModel, solver: str | None) -> str:
+    if solver in (None, "auto"):
+        return "closed_form" if model.has_closed_form() else "ode"
+    solver = solver.replace("-", "_")
+    if solver not in ("closed_form", "ode", "stiff"):
+        raise ValueError(f"solver must be 'closed_form', 'ode' or 'stiff', not {solver!r}")
+    if solver == "closed_form" and not model.has_closed_form():
+        raise ValueError(f"model {model.name!r} has no closed form; use solver='ode' or 'stiff'")
+    return solver
+
+
+def _resolve_modifiers(model, params, lag, bioav, rate, duration):
+    """Dosing modifiers -> ((kind, cmt index, parameter name), ...) and extra parameters.
+
+    A modifier names a parameter (which may vary per record) or is a number.
+    """
+    spec: dict[tuple[str, int], Any] = {}
+    for kind, mapping in model.dosing_modifiers.items():
+        for cmt, src in mapping.items():
+            spec[(kind, model.compartment_index(cmt))] = src
+    for kind, mapping in zip(_MODIFIERS, (lag, bioav, rate, duration)):
+        for cmt, src in (mapping or {}).items():
+            spec[(kind, model.compartment_index(cmt))] = src
+    params = dict(params)
+    out = []
+    for (kind, ci), src in sorted(spec.items()):
+        if isinstance(src, str):
+            if src not in params:
+                raise ValueError(
+                    f"{kind} of compartment {model.compartments[ci]!r} refers to {src!r}, which "
+                    f"is not among the parameters ({', '.join(params)})"
+                )
+            name = src
+        else:
+            name = f"__{kind}_{ci}"
+            params[name] = src
+        out.append((kind, ci, name))
+    return tuple(out), params
+
+
+def simulate_arrays(
+    model: AbstractModel,
+    params: Mapping[str, Any],
+    events: EventTable | Sequence[EventTable],
+    times=None,
+    *,
+    solver: str | None = None,
+    lag: Mapping | None = None,
+    bioav: Mapping | None = None,
+    rate: Mapping | None = None,
+    duration: Mapping | None = None,
+    rtol: float = 1e-6,
+    atol: float = 1e-9,
+    max_steps: int = 4096,
+    ss_iters: int = 3,
+):
+    """Like :func:`simulate` but returns ``(amounts, outputs, status)`` as JAX arrays.
+
+    This is the differentiable, jit-friendly core: ``params`` leaves and event arrays may be
+    JAX tracers (differentiate with respect to parameters, dose amounts and dose times).
+    """
+    if isinstance(events, (list, tuple)):
+        events = stack_tables(list(events))
+    batched = events.time.ndim == 2
+    mods, params = _resolve_modifiers(model, params, lag, bioav, rate, duration)
+    _check_model_rate_codes(model, events, mods)
+    missing = set(model.parameter_names) - set(params)
+    if missing:
+        raise ValueError(f"missing parameters for model {model.name!r}: {sorted(missing)}")
+    at_records = times is None
+    out_times = jnp.zeros((0,)) if at_records else jnp.asarray(times, float)
+    times_batched = (not at_records) and out_times.ndim == 2
+    if batched:
+        N = events.time.shape[0]
+        R = events.time.shape[1]
+        pb = {}
+        for k, v in params.items():
+            v = jnp.asarray(v, float)
+            if v.ndim == 0:
+                v = jnp.broadcast_to(v, (N,))
+            if v.shape[0] != N:
+                raise ValueError(f"parameter {k!r} has leading size {v.shape[0]}, but there are {N} patients")
+            if v.ndim == 2 and v.shape[1] != R:
+                v = _pad_edge(v, R)
+            pb[k] = v
+        params = pb
+    else:
+        R = events.time.shape[0]
+        params = {
+            k: (_pad_edge(jnp.asarray(v, float), R) if jnp.ndim(v) == 1 else jnp.asarray(v, float))
+            for k, v in params.items()
+        }
+    cfg = SolverConfig(
+        method=_resolve_method(model, solver),
+        rtol=float(rtol),
+        atol=float(atol),
+        max_steps=int(max_steps),
+        ss_iters=int(ss_iters),
+        modifiers=mods,
+        at_records=at_records,
+    )
+    return _simulate_jit(model, cfg, events, params, out_times, batched=batched, times_batched=times_batched)
+
+
+def _pad_edge(v, R):
+    if v.shape[-1] == R:
+        return v
+    if v.shape[-1] > R:
+        raise ValueError(f"a time-varying parameter has {v.shape[-1]} values but there are {R} records")
+    pad = [(0, 0)] * (v.ndim - 1) + [(0, R - v.shape[-1])]
+    return jnp.pad(v, pad, mode="edge")
+
+
+def _check_model_rate_codes(model, events, mods):
+    """RATE=-1/-2 need a modelled rate/duration; report every record that lacks one."""
+    try:
+        rate = np.atleast_2d(np.asarray(events.rate))
+        cmt = np.atleast_2d(np.asarray(events.cmt))
+        evid = np.atleast_2d(np.asarray(events.evid))
+    except jax.errors.TracerArrayConversionError:  # traced events: the caller checked them
+        return
+    have = {(k, c) for k, c, _ in mods}
+    problems = []
+    for pi in range(rate.shape[0]):
+        dose = np.isin(evid[pi], (EVID_DOSE, EVID_RESET_DOSE))
+        for i in np.nonzero(dose & np.isin(rate[pi], (-1, -2)))[0]:
+            kind = "rate" if rate[pi, i] == -1 else "duration"
+            if (kind, int(cmt[pi, i])) not in have:
+                problems.append(
+                    Problem(
+                        str(pi + 1), int(i) + 1, "RATE",
+                        f"RATE={rate[pi, i]:g} asks for a {kind} from the model, but none is "
+                        f"defined for compartment {model.compartments[cmt[pi, i]]!r}",
+                        f"pass {kind}={{{model.compartments[cmt[pi, i]]!r}: PARAM}} (CLI: "
+                        f"--{kind} {int(cmt[pi, i]) + 1}=COLUMN), or give RATE > 0",
+                    )
+                )
+    if problems:
+        raise DataError(problems)
+
+
+def simulate(
+    model: AbstractModel | str,
+    params: Mapping[str, Any],
+    events: EventTable | Sequence[EventTable],
+    times=None,
+    *,
+    solver: str | None = None,
+    lag: Mapping | None = None,
+    bioav: Mapping | None = None,
+    rate: Mapping | None = None,
+    duration: Mapping | None = None,
+    rtol: float = 1e-6,
+    atol: float = 1e-9,
+    max_steps: int = 4096,
+    ss_iters: int = 3,
+    ids: Sequence[str] | None = None,
+):
+    """Simulate one patient or a cohort and return an ``xarray.Dataset``.
+
+    Parameters
+    ----------
+    model
+        A model instance or a built-in name (``"two_cpt_oral"``...).
+    params
+        Parameter name -> value. A scalar, or one value per record (time-varying, NONMEM
+        semantics: a record's value governs the interval that ends at it). For a cohort,
+        a leading patient axis: ``(N,)`` or ``(N, R)``.
+    events
+        An :class:`~twinrx.events.EventTable`, a list of them (a cohort), or a stacked one.
+    times
+        Output times in hours, ``(T,)`` or ``(N, T)``. ``None``: one output per record.
+    solver
+        ``"closed_form"`` (default where the model has one), ``"ode"`` (Tsit5) or
+        ``"stiff"`` (Kvaerno5).
+    lag, bioav, rate, duration
+        Per-compartment dosing modifiers ``{compartment: parameter name or number}``;
+        compartments by name or NONMEM number.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``patient`` and ``time`` (or ``record`` when ``times`` is None); one variable
+        ``A_<compartment>`` per compartment (amount) and one per model output, units in
+        ``attrs``; ``status`` and ``status_message`` per patient.
+
+    Examples
+    --------
+    >>> import twinrx
+    >>> m = twinrx.get_model("one_cpt_oral")
+    >>> ev = twinrx.EventTable.from_records([0.0], evid=[1], amt=[100.0], cmt=[1])
+    >>> ds = twinrx.simulate(m, {"CL": 5.0, "V": 50.0, "KA": 1.0}, ev, times=[0.0, 1.0, 12.0])
+    >>> float(ds.CP.sel(time=12.0).item()) > 0
+    True
+    """
+    from .model.library import get_model
+    from .results import simulation_dataset
+
+    model = get_model(model)
+    if isinstance(events, (list, tuple)):
+        events = stack_tables(list(events))
+    amounts, outputs, status = simulate_arrays(
+        model, params, events, times, solver=solver, lag=lag, bioav=bioav, rate=rate,
+        duration=duration, rtol=rtol, atol=atol, max_steps=max_steps, ss_iters=ss_iters,
+    )
+    return simulation_dataset(model, events, times, amounts, outputs, status, ids=ids)
