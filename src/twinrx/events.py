@@ -94,10 +94,10 @@ def check_records(
     out: list[Problem] = []
 
     def add(i, col, msg, fix):
-        out.append(Problem(patient, rows[i], col, msg, fix))
+        out.append(Problem(patient, int(rows[i]), col, msg, fix))
 
     for i in range(n):
-        t, e = time[i], evid[i]
+        t, e = float(time[i]), evid[i]
         if not np.isfinite(t):
             add(i, "TIME", f"TIME is {t}", "give a finite time in hours")
         if i > 0 and np.isfinite(t) and np.isfinite(time[i - 1]) and t < time[i - 1]:
@@ -113,8 +113,8 @@ def check_records(
         is_dose = e in (1, 4)
         if not is_dose:
             continue
-        c = cmt[i]
-        if not (1 <= c <= n_cmt):
+        c = int(cmt[i]) if float(cmt[i]).is_integer() else float(cmt[i])
+        if not (1 <= c <= n_cmt) or not isinstance(c, int):
             add(i, "CMT", f"CMT {c} does not exist (the model has {n_cmt})", f"use a CMT in 1..{n_cmt}")
             continue
         a, r, s, iv, ad = amt[i], rate[i], ss[i], ii[i], addl[i]
@@ -146,16 +146,14 @@ def check_records(
             add(
                 i,
                 "RATE",
-                "RATE=-1 asks for a rate from the model, but the model defines none for "
-                f"CMT {c}",
+                f"RATE=-1 asks for a rate from the model, but the model defines none for CMT {c}",
                 f"pass --rate {c}=COLUMN (or rate={{{c}: ...}}), or give RATE > 0",
             )
         if r == -2 and (c - 1) not in modelled_duration:
             add(
                 i,
                 "RATE",
-                "RATE=-2 asks for a duration from the model, but the model defines none for "
-                f"CMT {c}",
+                f"RATE=-2 asks for a duration from the model, but the model defines none for CMT {c}",
                 f"pass --duration {c}=COLUMN (or duration={{{c}: ...}}), or give RATE > 0",
             )
     return out
@@ -228,9 +226,19 @@ class EventTable(eqx.Module):
         if validate:
             ncmt = n_cmt if n_cmt is not None else int(max(c.max(initial=1), 1))
             problems = check_records(
-                t, ev, a, c, r, s, iv, ad,
-                n_cmt=ncmt, modelled_rate=modelled_rate, modelled_duration=modelled_duration,
-                patient=patient, rows=rows,
+                t,
+                ev,
+                a,
+                c,
+                r,
+                s,
+                iv,
+                ad,
+                n_cmt=ncmt,
+                modelled_rate=modelled_rate,
+                modelled_duration=modelled_duration,
+                patient=patient,
+                rows=rows,
             )
             if problems:
                 raise DataError(problems)

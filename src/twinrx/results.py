@@ -42,12 +42,20 @@ def simulation_dataset(model, events, times, amounts, outputs, status, *, ids: S
             extra = {"TIME": (("patient", "time"), t, {"units": model.time_unit})}
     data = {}
     for j, cmt in enumerate(model.compartments):
-        data[f"A_{cmt}"] = (("patient", tdim), amounts[..., j], {"units": model.amount_unit, "long_name": f"amount in {cmt}"})
+        data[f"A_{cmt}"] = (
+            ("patient", tdim),
+            amounts[..., j],
+            {"units": model.amount_unit, "long_name": f"amount in {cmt}"},
+        )
     units = {o.name: o.unit for o in model.outputs}
     for k, v in outputs.items():
         data[k] = (("patient", tdim), np.asarray(v), {"units": units.get(k, "")})
     data.update(extra)
-    data["status"] = (("patient",), status.astype(np.int32), {"flag_meanings": " ".join(s.name.lower() for s in Status)})
+    data["status"] = (
+        ("patient",),
+        status.astype(np.int32),
+        {"flag_meanings": " ".join(s.name.lower() for s in Status)},
+    )
     data["status_message"] = (("patient",), np.array([status_message(int(s)) for s in status], dtype=object))
     ds = xr.Dataset(data, coords=coords)
     ds.attrs.update({"model": model.name, "schema_version": SCHEMA_VERSION})

@@ -154,7 +154,9 @@ def _steady_state(prop, cfg, p, *, c, amt, rate_col, ii, t, F, L, Rm, Dm, K, n):
 
     iters = 1 if prop.closed else cfg.ss_iters
     scale = cfg.atol + 1e-12
-    xa, code = _newton_fixed_point(period, functools.partial(period, forward=True), jnp.zeros(n), iters, scale)
+    xa, code = _newton_fixed_point(
+        period, functools.partial(period, forward=True), jnp.zeros(n), iters, scale
+    )
     # Last implied arrival at or before t is at t + L - m*II.
     m = jnp.maximum(1.0, jnp.ceil(L / iis))
     s0 = m * iis - L
@@ -174,7 +176,9 @@ def _steady_state(prop, cfg, p, *, c, amt, rate_col, ii, t, F, L, Rm, Dm, K, n):
         pp = jax.lax.stop_gradient(p) if forward else p
         return x + prop.model.vector_field(t, x, pp, r_vec), jnp.asarray(Status.SUCCESS)
 
-    xc, cc = _newton_fixed_point(fixed, functools.partial(fixed, forward=True), jnp.zeros(n), 1 if prop.closed else cfg.ss_iters, scale)
+    xc, cc = _newton_fixed_point(
+        fixed, functools.partial(fixed, forward=True), jnp.zeros(n), 1 if prop.closed else cfg.ss_iters, scale
+    )
     x_ss = jnp.where(const_inf, xc, x_t)
     # NONMEM 7 (its own output for this case): the state is set to the steady state of the
     # constant infusion, and the infusion does not continue past the record.
@@ -232,13 +236,25 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
 
     # ---- steady-state records ----
     if S:
+
         def ss_one(i):
             ci = et.cmt[i]
             pi = {k: v[i] for k, v in p_rec.items()}
             return _steady_state(
-                prop, cfg, pi, c=ci, amt=et.amt[i], rate_col=et.rate[i], ii=et.ii[i], t=et.time[i],
-                F=mods["bioav"][i, ci], L=mods["lag"][i, ci], Rm=mods["rate"][i, ci],
-                Dm=mods["duration"][i, ci], K=K, n=n,
+                prop,
+                cfg,
+                pi,
+                c=ci,
+                amt=et.amt[i],
+                rate_col=et.rate[i],
+                ii=et.ii[i],
+                t=et.time[i],
+                F=mods["bioav"][i, ci],
+                L=mods["lag"][i, ci],
+                Rm=mods["rate"][i, ci],
+                Dm=mods["duration"][i, ci],
+                K=K,
+                n=n,
             )
 
         ss_x, ss_rate, tail_end, tail_active, ss_code = jax.vmap(ss_one)(et.ss_rec)
@@ -274,10 +290,19 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
     tail_n = S * K
     tail_rec = jnp.repeat(et.ss_rec, K) if S else jnp.zeros((0,), jnp.int32)
     tail_val = (
-        jnp.repeat(jax.vmap(lambda i: _infusion_rate_duration(
-            et.rate[i], mods["bioav"][i, et.cmt[i]] * et.amt[i],
-            mods["rate"][i, et.cmt[i]], mods["duration"][i, et.cmt[i]])[0])(et.ss_rec), K)
-        if S else jnp.zeros((0,))
+        jnp.repeat(
+            jax.vmap(
+                lambda i: _infusion_rate_duration(
+                    et.rate[i],
+                    mods["bioav"][i, et.cmt[i]] * et.amt[i],
+                    mods["rate"][i, et.cmt[i]],
+                    mods["duration"][i, et.cmt[i]],
+                )[0]
+            )(et.ss_rec),
+            K,
+        )
+        if S
+        else jnp.zeros((0,))
     )
     n_out = R if cfg.at_records else T
     out_t = et.time if cfg.at_records else out_times
@@ -285,17 +310,24 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
 
     # All events: records, arrivals, ends, steady-state tails, outputs.
     e_time = jnp.concatenate([et.time, t_arr, t_arr + D_inf, tail_end.reshape(-1), out_t])
-    e_key = jnp.concatenate([
-        3 * rec_idx,
-        jnp.where(implied, -1, 3 * r + 1),
-        jnp.full((M,), -1, jnp.int32),
-        jnp.full((tail_n,), -1, jnp.int32),
-        out_key,
-    ])
-    e_kind = jnp.concatenate([
-        rec_kind, arr_kind, end_kind,
-        jnp.where(tail_active.reshape(-1), _INF_END, _NONE), jnp.full((n_out,), _NONE),
-    ]).astype(jnp.int32)
+    e_key = jnp.concatenate(
+        [
+            3 * rec_idx,
+            jnp.where(implied, -1, 3 * r + 1),
+            jnp.full((M,), -1, jnp.int32),
+            jnp.full((tail_n,), -1, jnp.int32),
+            out_key,
+        ]
+    )
+    e_kind = jnp.concatenate(
+        [
+            rec_kind,
+            arr_kind,
+            end_kind,
+            jnp.where(tail_active.reshape(-1), _INF_END, _NONE),
+            jnp.full((n_out,), _NONE),
+        ]
+    ).astype(jnp.int32)
     e_cmt = jnp.concatenate([et.cmt, c, c, et.cmt[tail_rec], jnp.zeros((n_out,), jnp.int32)])
     e_val = jnp.concatenate([jnp.zeros(R), arr_val, R_inf, tail_val, jnp.zeros(n_out)])
     e_origin = jnp.concatenate([rec_idx, r, r, tail_rec, jnp.full((n_out,), R, jnp.int32)])
@@ -506,7 +538,9 @@ def _check_model_rate_codes(model, events, mods):
             if (kind, int(cmt[pi, i])) not in have:
                 problems.append(
                     Problem(
-                        str(pi + 1), int(i) + 1, "RATE",
+                        str(pi + 1),
+                        int(i) + 1,
+                        "RATE",
                         f"RATE={rate[pi, i]:g} asks for a {kind} from the model, but none is "
                         f"defined for compartment {model.compartments[cmt[pi, i]]!r}",
                         f"pass {kind}={{{model.compartments[cmt[pi, i]]!r}: PARAM}} (CLI: "
@@ -578,7 +612,18 @@ def simulate(
     if isinstance(events, (list, tuple)):
         events = stack_tables(list(events))
     amounts, outputs, status = simulate_arrays(
-        model, params, events, times, solver=solver, lag=lag, bioav=bioav, rate=rate,
-        duration=duration, rtol=rtol, atol=atol, max_steps=max_steps, ss_iters=ss_iters,
+        model,
+        params,
+        events,
+        times,
+        solver=solver,
+        lag=lag,
+        bioav=bioav,
+        rate=rate,
+        duration=duration,
+        rtol=rtol,
+        atol=atol,
+        max_steps=max_steps,
+        ss_iters=ss_iters,
     )
     return simulation_dataset(model, events, times, amounts, outputs, status, ids=ids)

@@ -40,16 +40,27 @@ class NonmemData:
 
     def event_tables(self, *, n_cmt: int, modelled_rate=(), modelled_duration=()) -> list[EventTable]:
         """One EventTable per patient; raises DataError listing every problem."""
-        problems = self.problems(n_cmt=n_cmt, modelled_rate=modelled_rate, modelled_duration=modelled_duration)
+        problems = self.problems(
+            n_cmt=n_cmt, modelled_rate=modelled_rate, modelled_duration=modelled_duration
+        )
         if problems:
             raise DataError(problems)
         out = []
         for pid, cols, lines in zip(self.ids, self.columns, self.lines):
             out.append(
                 EventTable.from_records(
-                    cols["TIME"], cols["EVID"], cols["AMT"], cols["CMT"], cols["RATE"],
-                    cols["SS"], cols["II"], cols["ADDL"], n_cmt=n_cmt, patient=pid,
-                    rows=lines, validate=False,
+                    cols["TIME"],
+                    cols["EVID"],
+                    cols["AMT"],
+                    cols["CMT"],
+                    cols["RATE"],
+                    cols["SS"],
+                    cols["II"],
+                    cols["ADDL"],
+                    n_cmt=n_cmt,
+                    patient=pid,
+                    rows=lines,
+                    validate=False,
                 )
             )
         return out
@@ -58,9 +69,19 @@ class NonmemData:
         out: list[Problem] = []
         for pid, cols, lines in zip(self.ids, self.columns, self.lines):
             out += check_records(
-                cols["TIME"], cols["EVID"], cols["AMT"], cols["CMT"], cols["RATE"], cols["SS"],
-                cols["II"], cols["ADDL"], n_cmt=n_cmt, modelled_rate=modelled_rate,
-                modelled_duration=modelled_duration, patient=pid, rows=lines,
+                cols["TIME"],
+                cols["EVID"],
+                cols["AMT"],
+                cols["CMT"],
+                cols["RATE"],
+                cols["SS"],
+                cols["II"],
+                cols["ADDL"],
+                n_cmt=n_cmt,
+                modelled_rate=modelled_rate,
+                modelled_duration=modelled_duration,
+                patient=pid,
+                rows=lines,
             )
         return out
 
@@ -75,7 +96,9 @@ def _read_frame(source) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise DataError("the data file is empty: give a CSV with a header line (ID,TIME,...)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DataError(f"the data file is not a readable CSV ({e}); save it as comma-separated text") from None
+        raise DataError(
+            f"the data file is not a readable CSV ({e}); save it as comma-separated text"
+        ) from None
 
 
 def read_nonmem(source: Any) -> NonmemData:
@@ -93,7 +116,13 @@ def read_nonmem(source: Any) -> NonmemData:
     if missing:
         raise DataError(
             [
-                Problem("-", None, c, f"required column {c} is missing", f"add a {c} column (NONMEM name, any case)")
+                Problem(
+                    "-",
+                    None,
+                    c,
+                    f"required column {c} is missing",
+                    f"add a {c} column (NONMEM name, any case)",
+                )
                 for c in missing
             ]
         )
@@ -102,7 +131,15 @@ def read_nonmem(source: Any) -> NonmemData:
         df = df[~(flag.str.upper().eq("C") | flag.str.startswith(("#", "@")))]
     df = df.reset_index(drop=True)
     if "EVID" not in df.columns and "AMT" not in df.columns:
-        problems.append(Problem("-", None, "EVID", "neither EVID nor AMT is present", "add EVID (0 obs, 1 dose) and AMT columns"))
+        problems.append(
+            Problem(
+                "-",
+                None,
+                "EVID",
+                "neither EVID nor AMT is present",
+                "add EVID (0 obs, 1 dose) and AMT columns",
+            )
+        )
 
     ids = df["ID"].astype(str).str.strip()
     numeric: dict[str, np.ndarray] = {}
@@ -116,8 +153,13 @@ def read_nonmem(source: Any) -> NonmemData:
         if bad.any() and (col in _DOSING or col in ("TIME", "DV", "MDV")):
             for i in np.nonzero(bad.to_numpy())[0]:
                 problems.append(
-                    Problem(ids.iloc[i], int(df["__LINE"].iloc[i]), col, f"{raw.iloc[i]!r} is not a number",
-                            f"write a number in {col} (use . for missing)")
+                    Problem(
+                        ids.iloc[i],
+                        int(df["__LINE"].iloc[i]),
+                        col,
+                        f"{raw.iloc[i]!r} is not a number",
+                        f"write a number in {col} (use . for missing)",
+                    )
                 )
         elif bad.any():
             continue  # a text column (e.g. a label); not usable as a parameter
@@ -125,10 +167,20 @@ def read_nonmem(source: Any) -> NonmemData:
             vals = vals.fillna(0.0)
         if col == "TIME":
             for i in np.nonzero(is_missing.to_numpy())[0]:
-                problems.append(Problem(ids.iloc[i], int(df["__LINE"].iloc[i]), col, "TIME is missing", "give every record a time in hours"))
+                problems.append(
+                    Problem(
+                        ids.iloc[i],
+                        int(df["__LINE"].iloc[i]),
+                        col,
+                        "TIME is missing",
+                        "give every record a time in hours",
+                    )
+                )
         numeric[col] = vals.to_numpy(dtype=float)
     for i in np.nonzero(ids.isin(["", "."]).to_numpy())[0]:
-        problems.append(Problem("?", int(df["__LINE"].iloc[i]), "ID", "ID is missing", "give every record its patient ID"))
+        problems.append(
+            Problem("?", int(df["__LINE"].iloc[i]), "ID", "ID is missing", "give every record its patient ID")
+        )
     if problems:
         raise DataError(problems)
 
@@ -201,8 +253,15 @@ def _value_or_column(name: str, src, data: NonmemData):
     if key.upper() not in data.columns[0]:
         avail = sorted(k for k in data.columns[0] if k not in _DOSING)
         raise DataError(
-            [Problem("-", None, key, f"{name} refers to column {key!r}, which the data set does not have",
-                     f"use one of: {', '.join(avail)}, or a number")]
+            [
+                Problem(
+                    "-",
+                    None,
+                    key,
+                    f"{name} refers to column {key!r}, which the data set does not have",
+                    f"use one of: {', '.join(avail)}, or a number",
+                )
+            ]
         )
     return key.upper()
 
@@ -271,15 +330,31 @@ def simulate_nonmem(
             if np.isnan(arr).any():
                 pi, ri = np.argwhere(np.isnan(arr))[0]
                 raise DataError(
-                    [Problem(data.ids[pi], int(data.lines[pi][ri]), v, f"{name} column {v} is missing",
-                             f"fill {v} on every record (NONMEM needs it on each row)")]
+                    [
+                        Problem(
+                            data.ids[pi],
+                            int(data.lines[pi][ri]),
+                            v,
+                            f"{name} column {v} is missing",
+                            f"fill {v} on every record (NONMEM needs it on each row)",
+                        )
+                    ]
                 )
             pb[name] = arr
         else:
             pb[name] = np.full(len(tables), v)
     amounts, outputs, status = simulate_arrays(
-        model, pb, events, None, solver=solver, lag=mods["lag"], bioav=mods["bioav"],
-        rate=mods["rate"], duration=mods["duration"], rtol=rtol, atol=atol,
+        model,
+        pb,
+        events,
+        None,
+        solver=solver,
+        lag=mods["lag"],
+        bioav=mods["bioav"],
+        rate=mods["rate"],
+        duration=mods["duration"],
+        rtol=rtol,
+        atol=atol,
     )
     amounts = np.asarray(amounts)
     status = np.asarray(status)

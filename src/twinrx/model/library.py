@@ -24,9 +24,7 @@ def get_model(name: str | AbstractModel) -> AbstractModel:
     try:
         n, oral = BUILTIN_MODELS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown model {name!r}; built-in models: {', '.join(BUILTIN_MODELS)}"
-        ) from None
+        raise ValueError(f"unknown model {name!r}; built-in models: {', '.join(BUILTIN_MODELS)}") from None
     return LinearCompartmentModel(n, oral, name=name)
 
 

@@ -95,9 +95,7 @@ class LinearCompartmentModel(AbstractModel):
             raise ValueError("n_disposition must be 1, 2 or 3")
         self.n_disposition = n_disposition
         self.oral = bool(oral)
-        self.name = name or f"{('one', 'two', 'three')[n_disposition - 1]}_cpt_" + (
-            "oral" if oral else "iv"
-        )
+        self.name = name or f"{('one', 'two', 'three')[n_disposition - 1]}_cpt_" + ("oral" if oral else "iv")
         base = _DEFAULTS[n_disposition] | ({"KA": 1.0} if oral else {})
         if defaults:
             unknown = set(defaults) - set(base)
@@ -120,9 +118,7 @@ class LinearCompartmentModel(AbstractModel):
 
     @property
     def parameters(self) -> tuple[Parameter, ...]:
-        return tuple(
-            Parameter(k, _UNITS[k][0], v, _UNITS[k][1]) for k, v in self.defaults
-        )
+        return tuple(Parameter(k, _UNITS[k][0], v, _UNITS[k][1]) for k, v in self.defaults)
 
     @property
     def outputs(self) -> tuple[Output, ...]:

@@ -1,0 +1,221 @@
+"""The twinrx command line. Nothing imports this module.
+
+Exit codes: 0 success, 1 a problem with the user's input (the message says what to fix),
+2 an internal error.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    rich_markup_mode="markdown",
+    no_args_is_help=True,
+    help="twinrx: patient digital twins — NONMEM-faithful PK/PD simulation in JAX.",
+)
+models_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="The model library.")
+app.add_typer(models_app, name="models")
+
+
+def _model_help() -> str:
+    from .model.library import list_models
+
+    lines = []
+    for m in list_models():
+        cmts = ", ".join(f"{i + 1}={c}" for i, c in enumerate(m.compartments))
+        params = ", ".join(f"{p.name} [{p.unit}]" for p in m.parameters)
+        lines.append(f"{m.name}: CMT {cmts}; parameters {params}; output CP [mg/L]")
+    return "\n\n".join(lines)
+
+
+class UserError(Exception):
+    pass
+
+
+def _parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--{what} {item!r} must look like KEY=VALUE (e.g. --{what} 2=LAGT)")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _cmt_key(k: str):
+    return int(k) if k.isdigit() else k
+
+
+@app.command()
+def simulate(
+    model: str = typer.Option(..., "--model", "-m", help="Built-in model name (see below)."),
+    data: Path = typer.Option(..., "--data", "-d", help="NONMEM-style CSV (ID, TIME, EVID, AMT, CMT, ...)."),
+    out: Path = typer.Option(..., "--out", "-o", help="OUT.csv (one row per input row) or OUT.zarr."),
+    param: list[str] = typer.Option(None, "--param", "-p", help="NAME=VALUE or NAME=COLUMN (time-varying)."),
+    lag: list[str] = typer.Option(None, "--lag", help="CMT=COLUMN|VALUE: lag time (h) of a compartment."),
+    bioav: list[str] = typer.Option(None, "--bioav", help="CMT=COLUMN|VALUE: bioavailability fraction."),
+    rate: list[str] = typer.Option(None, "--rate", help="CMT=COLUMN|VALUE: modelled rate (for RATE=-1)."),
+    duration: list[str] = typer.Option(
+        None, "--duration", help="CMT=COLUMN|VALUE: modelled duration (RATE=-2)."
+    ),
+    solver: str = typer.Option(
+        "auto", "--solver", help="closed-form | ode | stiff (auto: closed form if any)."
+    ),
+    rtol: float = typer.Option(1e-6, help="Relative tolerance of the ODE solver."),
+    atol: float = typer.Option(1e-9, help="Absolute tolerance of the ODE solver."),
+):
+    """Simulate a NONMEM data set with a model: amounts and outputs at every record.
+
+    CMT is a compartment name or NONMEM number. Parameters not given take the model's
+    default, or a data column of the same name. Output columns: ID, TIME, one amount column
+    per compartment (A_central, ...), the model outputs, STATUS (0 = ok).
+
+    Example:
+
+        twinrx simulate --model one_cpt_oral --data doses.csv --out pred.csv \\
+            --param CL=1.1 --param V=20 --param KA=1.5 --lag 2=LAGT --bioav 2=BIOAV
+    """
+    from .data.nonmem import simulate_nonmem
+    from .model.library import get_model
+
+    m = get_model(model)
+    df = simulate_nonmem(
+        m,
+        data,
+        _parse_pairs(param, "param"),
+        lag={_cmt_key(k): v for k, v in _parse_pairs(lag, "lag").items()},
+        bioav={_cmt_key(k): v for k, v in _parse_pairs(bioav, "bioav").items()},
+        rate={_cmt_key(k): v for k, v in _parse_pairs(rate, "rate").items()},
+        duration={_cmt_key(k): v for k, v in _parse_pairs(duration, "duration").items()},
+        solver=None if solver == "auto" else solver,
+        rtol=rtol,
+        atol=atol,
+    )
+    if out.suffix == ".zarr":
+        import xarray as xr
+
+        from .store import write_store
+
+        ds = xr.Dataset.from_dataframe(df.rename_axis("row"))
+        for c in m.compartments:
+            ds[f"A_{c}"].attrs["units"] = m.amount_unit
+        for o in m.outputs:
+            ds[o.name].attrs["units"] = o.unit
+        ds["TIME"].attrs["units"] = m.time_unit
+        write_store(ds, out, model=m.name)
+    else:
+        df.to_csv(out, index=False, float_format="%.15g")
+    bad = df.groupby("ID", sort=False)["STATUS"].max()
+    bad = bad[bad != 0]
+    typer.echo(f"wrote {out}: {len(df)} rows, {df['ID'].nunique()} patients")
+    if len(bad):
+        from ._types import status_message
+
+        for pid, code in bad.items():
+            typer.echo(f"patient {pid}: {status_message(int(code))}", err=True)
+
+
+simulate.__doc__ = (
+    (simulate.__doc__ or "")
+    + "\n    Built-in models:\n\n"
+    + "".join(f"    {line}\n\n" for line in _model_help().split("\n\n"))
+)
+
+
+@app.command()
+def validate(
+    data: Path = typer.Argument(..., help="NONMEM-style CSV to check."),
+    model: str = typer.Option(None, "--model", "-m", help="Check compartments against this model."),
+    rate: list[str] = typer.Option(None, "--rate", help="CMT=COLUMN: a modelled rate exists (RATE=-1)."),
+    duration: list[str] = typer.Option(None, "--duration", help="CMT=COLUMN: a modelled duration (RATE=-2)."),
+):
+    """List every problem of a data set at once (exit code 1 if there are any).
+
+    Example: twinrx validate doses.csv --model two_cpt_oral
+    """
+    from .data.nonmem import validate_nonmem
+    from .model.library import get_model
+
+    m = get_model(model) if model else None
+    kw = {}
+    if m is not None:
+        kw = {
+            "rate": {_cmt_key(k): v for k, v in _parse_pairs(rate, "rate").items()},
+            "duration": {_cmt_key(k): v for k, v in _parse_pairs(duration, "duration").items()},
+        }
+    problems = validate_nonmem(data, m, **kw)
+    if not problems:
+        typer.echo(f"{data}: no problems found")
+        return
+    typer.echo(f"{data}: {len(problems)} problem{'s' if len(problems) != 1 else ''}")
+    for p in problems:
+        typer.echo(f"  - {p}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-output.zarr"), "--out", "-o", help="Zarr store to write."),
+    n: int = typer.Option(200, "--n", help="Number of virtual patients."),
+    seed: int = typer.Option(20261123, "--seed", help="Random seed."),
+):
+    """Two regimens of a two-compartment oral model for a small synthetic cohort.
+
+    Writes a Zarr store (dims regimen, patient, time) and prints Cmax and Ctrough over the
+    last dosing interval per regimen (median and 90% interval).
+
+    Example: twinrx demo --n 500 --out demo.zarr
+    """
+    from ._demo import run_demo
+
+    run_demo(out, n=n, seed=seed, echo=typer.echo)
+
+
+@models_app.command("list")
+def models_list():
+    """Name, kind, compartments and parameters of every built-in model.
+
+    Example: twinrx models list
+    """
+    from .model.library import list_models
+
+    for m in list_models():
+        kind = "closed form + ODE" if m.has_closed_form() else "ODE"
+        typer.echo(f"{m.name:16} {kind:18} {', '.join(m.compartments):36} {', '.join(m.parameter_names)}")
+
+
+def main(argv=None) -> int:
+    """Entry point with exit codes 0 (ok), 1 (user error), 2 (internal error)."""
+    from .events import DataError
+
+    try:
+        rc = app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns the code of a typer.Exit instead of raising.
+        return rc if isinstance(rc, int) else 0
+    except SystemExit as e:  # typer.Exit / --help
+        return int(e.code or 0)
+    except typer.Exit as e:
+        return int(e.exit_code)
+    except (DataError, UserError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return 1
+        if isinstance(e, click.exceptions.Abort):
+            return 1
+        traceback.print_exc()
+        print("internal error: please report it with the traceback above", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""The command line, through its entry point (exit codes 0 / 1)."""
+
+import pandas as pd
+
+from twinrx.cli import main
+
+CSV = "ID,TIME,EVID,AMT,CMT,RATE,WT,LAGT\n1,0,1,100,1,0,70,0.5\n1,1,0,0,2,0,70,0.5\n1,4,0,0,2,0,80,0.5\n2,0,1,50,2,10,60,0\n2,6,0,0,2,0,60,0\n"
+
+
+def test_simulate_csv_one_row_per_input_row(tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text(CSV)
+    out = tmp_path / "o.csv"
+    rc = main(
+        [
+            "simulate",
+            "--model",
+            "one_cpt_oral",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--param",
+            "CL=2",
+            "--param",
+            "V=WT",
+            "--lag",
+            "depot=LAGT",
+        ]
+    )
+    assert rc == 0
+    df = pd.read_csv(out)
+    assert list(df.columns) == ["ID", "TIME", "A_depot", "A_central", "CP", "STATUS"]
+    assert df["TIME"].tolist() == [0, 1, 4, 0, 6] and df["ID"].tolist() == [1, 1, 1, 2, 2]
+    # Patient 2: 50 mg infused over 5 h into central (V = WT = 60 L, k = 2/60).
+    import numpy as np
+
+    k = 2 / 60
+    expect = 10 / k * (1 - np.exp(-k * 5)) * np.exp(-k * 1)
+    assert abs(df["A_central"].iloc[4] - expect) < 1e-8 * expect
+    # Patient 1: 0.5 h lag; at t=1 the depot holds 100 exp(-KA*0.5) with the default KA.
+    assert abs(df["A_depot"].iloc[1] - 100 * np.exp(-1.0 * 0.5)) < 1e-9
+
+
+def test_simulate_zarr(tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text(CSV)
+    rc = main(["simulate", "-m", "one_cpt_oral", "-d", str(data), "-o", str(tmp_path / "o.zarr")])
+    assert rc == 0
+    from twinrx.store import open_store
+
+    ds = open_store(tmp_path / "o.zarr")
+    assert ds.sizes["row"] == 5 and ds.CP.attrs["units"] == "mg/L"
+    assert "jax_version" in ds.attrs
+
+
+def test_validate_lists_problems_exit_1(tmp_path, capsys):
+    data = tmp_path / "bad.csv"
+    data.write_text("ID,TIME,EVID,AMT,CMT\n1,0,1,-1,1\n1,-3,0,0,2\n")
+    assert main(["validate", str(data), "--model", "one_cpt_oral"]) == 1
+    out = capsys.readouterr().out
+    assert "2 problems" in out and "row 2, column AMT" in out and "row 3, column TIME" in out
+
+
+def test_user_error_exit_code(tmp_path, capsys):
+    assert main(["simulate", "-m", "nope", "-d", str(tmp_path / "x.csv"), "-o", str(tmp_path / "o.csv")]) == 1
+    assert "unknown model 'nope'" in capsys.readouterr().err
+
+
+def test_models_list(capsys):
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "two_cpt_oral" in out and "three_cpt_iv" in out

@@ -1,0 +1,115 @@
+"""The simulator: closed forms against textbook solutions, cohorts, failures as status."""
+
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+import twinrx
+from twinrx import EventTable, Status
+
+TIMES = np.linspace(0.0, 48.0, 25)
+
+
+def test_one_cpt_oral_matches_bateman_function():
+    m = twinrx.get_model("one_cpt_oral")
+    p = {"CL": 4.0, "V": 40.0, "KA": 1.3}
+    ev = EventTable.from_records([0.0], [1], [250.0], [1])
+    ds = twinrx.simulate(m, p, ev, times=TIMES)
+    k, ka = 0.1, 1.3
+    ref = 250.0 * ka / (40.0 * (ka - k)) * (np.exp(-k * TIMES) - np.exp(-ka * TIMES))
+    np.testing.assert_allclose(ds.CP.values[0], ref, rtol=1e-12, atol=1e-14)
+    assert ds.CP.attrs["units"] == "mg/L" and ds.A_central.attrs["units"] == "mg"
+
+
+def test_one_cpt_iv_infusion_matches_closed_form():
+    m = twinrx.get_model("one_cpt_iv")
+    ev = EventTable.from_records([0.0], [1], [100.0], [1], rate=[20.0])  # 5 h infusion
+    ds = twinrx.simulate(m, {"CL": 2.0, "V": 10.0}, ev, times=TIMES)
+    k = 0.2
+    t = TIMES
+    during = 20.0 / 2.0 * (1 - np.exp(-k * t))
+    after = 20.0 / 2.0 * (1 - np.exp(-k * 5.0)) * np.exp(-k * (t - 5.0))
+    np.testing.assert_allclose(ds.CP.values[0], np.where(t <= 5.0, during, after), rtol=1e-12)
+
+
+def test_ka_equal_to_k_degenerate_case():
+    # KA == CL/V: the Bateman function's limit, A(t) = D k t exp(-k t)
+    m = twinrx.get_model("one_cpt_oral")
+    ev = EventTable.from_records([0.0], [1], [100.0], [1])
+    ds = twinrx.simulate(m, {"CL": 5.0, "V": 50.0, "KA": 0.1}, ev, times=TIMES)
+    np.testing.assert_allclose(
+        ds.A_central.values[0], 100.0 * 0.1 * TIMES * np.exp(-0.1 * TIMES), rtol=2e-6, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("name", ["two_cpt_iv", "three_cpt_oral"])
+def test_closed_form_matches_scipy(name):
+    m = twinrx.get_model(name)
+    p = {k: float(v) for k, v in m.typical_params().items()}
+    ev = EventTable.from_records([0.0, 6.0], [1, 1], [100.0, 50.0], [1, 1], rate=[0.0, 25.0])
+    ds = twinrx.simulate(m, p, ev, times=TIMES)
+    a = np.asarray(m.system_matrix(p))
+    n = a.shape[0]
+
+    def rhs(t, y):
+        r = np.zeros(n)
+        if 6.0 <= t < 8.0:
+            r[0] = 25.0
+        return a @ y + r
+
+    y0 = np.zeros(n)
+    y0[0] = 100.0
+    sol = solve_ivp(rhs, (0, 48), y0, t_eval=TIMES, rtol=1e-11, atol=1e-12, method="LSODA", max_step=0.05)
+    ours = np.stack([ds[f"A_{c}"].values[0] for c in m.compartments])
+    np.testing.assert_allclose(ours, sol.y, rtol=1e-6, atol=1e-8)
+
+
+def test_cohort_with_different_event_counts_matches_single_patients():
+    m = twinrx.get_model("two_cpt_oral")
+    e1 = EventTable.from_records([0.0], [1], [100.0], [1], ii=[12.0], addl=[3])
+    e2 = EventTable.from_records([0.0, 2.0, 30.0], [1, 0, 1], [50.0, 0.0, 80.0], [1, 2, 2], rate=[0, 0, 40.0])
+    params = {"CL": np.array([4.0, 6.0]), "V1": np.array([40.0, 60.0]), "Q": 10.0, "V2": 100.0, "KA": 1.0}
+    for solver in ("closed_form", "ode"):
+        ds = twinrx.simulate(m, params, [e1, e2], times=TIMES, solver=solver, rtol=1e-10, atol=1e-12)
+        for i, e in enumerate([e1, e2]):
+            pi = {k: (v[i] if np.ndim(v) else v) for k, v in params.items()}
+            single = twinrx.simulate(m, pi, e, times=TIMES, solver="closed_form")
+            np.testing.assert_allclose(ds.CP.values[i], single.CP.values[0], rtol=1e-7, atol=1e-12)
+        assert list(ds.status.values) == [0, 0]
+
+
+def test_failure_is_status_not_nan():
+    m = twinrx.get_model("one_cpt_oral")
+    ev = EventTable.from_records([0.0], [1], [100.0], [1])
+    bad = {"CL": np.array([5.0, 5.0]), "V": np.array([50.0, 50.0]), "KA": np.array([1.0, 1e9])}
+    ds = twinrx.simulate(m, bad, [ev, ev], times=TIMES, solver="ode", max_steps=64)
+    assert ds.status.values[0] == Status.SUCCESS
+    assert ds.status.values[1] == Status.MAX_STEPS
+    assert "max_steps" in str(ds.status_message.values[1])
+
+
+def test_nonfinite_parameters_flagged():
+    m = twinrx.get_model("one_cpt_iv")
+    ev = EventTable.from_records([0.0], [1], [100.0], [1])
+    ds = twinrx.simulate(m, {"CL": np.array([1.0, np.nan]), "V": 10.0}, [ev, ev], times=TIMES)
+    assert list(ds.status.values) == [Status.SUCCESS, Status.NONFINITE]
+
+
+def test_stiff_solver_agrees():
+    m = twinrx.get_model("two_cpt_iv")
+    ev = EventTable.from_records([0.0], [1], [100.0], [1], ii=[8.0], addl=[2])
+    p = {"CL": 30.0, "V1": 1.0, "Q": 50.0, "V2": 200.0}  # fast and slow time scales
+    ref = twinrx.simulate(m, p, ev, times=TIMES)
+    st = twinrx.simulate(m, p, ev, times=TIMES, solver="stiff", rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(st.A_peripheral.values, ref.A_peripheral.values, rtol=1e-6, atol=1e-9)
+
+
+def test_unknown_solver_and_missing_param_errors():
+    m = twinrx.get_model("one_cpt_iv")
+    ev = EventTable.from_records([0.0], [1], [100.0], [1])
+    with pytest.raises(ValueError, match="solver must be"):
+        twinrx.simulate(m, {"CL": 1.0, "V": 1.0}, ev, times=TIMES, solver="rk4")
+    with pytest.raises(ValueError, match=r"missing parameters .*'V'"):
+        twinrx.simulate(m, {"CL": 1.0}, ev, times=TIMES)
+    with pytest.raises(ValueError, match="unknown compartment 'gut'"):
+        twinrx.simulate(m, {"CL": 1.0, "V": 1.0}, ev, times=TIMES, lag={"gut": 1.0})
