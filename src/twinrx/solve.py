@@ -35,6 +35,7 @@ from .events import (
     stack_tables,
 )
 from .model._base import AbstractModel
+from .model.linear import phi1
 
 jax.config.update("jax_enable_x64", True)
 
@@ -56,6 +57,7 @@ class SolverConfig(eqx.Module):
     ss_iters: int = eqx.field(static=True, default=3)
     modifiers: tuple[tuple[str, int, str], ...] = eqx.field(static=True, default=())
     at_records: bool = eqx.field(static=True, default=False)
+    batch_size: int = eqx.field(static=True, default=0)  # 0: one vmap over all patients
 
 
 # --------------------------------------------------------------------------------------
@@ -333,21 +335,44 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
     e_origin = jnp.concatenate([rec_idx, r, r, tail_rec, jnp.full((n_out,), R, jnp.int32)])
     e_slot = jnp.concatenate([ss_slot, jnp.zeros((2 * M + tail_n + n_out,), jnp.int32)])
     E = e_time.shape[0]
-    order = jnp.lexsort((jnp.arange(E), e_key, e_time))
+    E_ev = E - n_out
+    if prop.closed:
+        # O(times): the scan visits the events only; each output is propagated exactly from
+        # the last event before it in NONMEM order, all outputs at once.
+        ev_order = jnp.lexsort((jnp.arange(E_ev), e_key[:E_ev], e_time[:E_ev]))
+        st, sk = e_time[:E_ev][ev_order], e_key[:E_ev][ev_order]
+        if cfg.at_records:  # a record's output comes after the events it follows
+            before = (st[None, :] < out_t[:, None]) | (
+                (st[None, :] == out_t[:, None]) & (sk[None, :] < out_key[:, None])
+            )
+            out_prev = jnp.sum(before, axis=1) - 1
+        else:  # requested times come after everything at that time
+            out_prev = jnp.searchsorted(st, out_t, side="right", method="compare_all") - 1
+        scan_order = ev_order
+    else:
+        # ODE: outputs are stops of the scan (the state there comes from the solver).
+        order = jnp.lexsort((jnp.arange(E), e_key, e_time))
+        inv = jnp.zeros(E, jnp.int32).at[order].set(jnp.arange(E, dtype=jnp.int32))
+        scan_order = order
+        out_prev = inv[E_ev:]
 
     # Parameters of each segment: the record at or after the segment's end (NONMEM: a
     # record's covariates govern the interval that ends at it).
     valid_times = jnp.where(et.mask, et.time, jnp.inf)
     n_valid = jnp.sum(et.mask)
+
+    def nocb(t):
+        return jnp.clip(jnp.searchsorted(valid_times, t, side="left"), 0, n_valid - 1)
+
     if time_varying:
-        seg_rec = jnp.clip(jnp.searchsorted(valid_times, e_time[order], side="left"), 0, n_valid - 1)
         sys_rec = jax.vmap(prop.system)(p_rec)
     else:
         sys0 = prop.system({k: jnp.asarray(v, float) for k, v in p.items()})
 
-    xs = (e_time[order], e_kind[order], e_cmt[order], e_val[order], e_origin[order], e_slot[order])
+    so = scan_order
+    xs = (e_time[so], e_kind[so], e_cmt[so], e_val[so], e_origin[so], e_slot[so])
     if time_varying:
-        xs = xs + (seg_rec,)
+        xs = xs + (nocb(e_time[so]),)
 
     t_first = jnp.min(jnp.where(et.mask, et.time, jnp.inf))
 
@@ -376,21 +401,36 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
         rate = rate + jnp.where(is_ss, ss_rate[slot], 0.0)
         # Clean up round-off of a finished infusion so the input is exactly off.
         rate = jnp.where(jnp.abs(rate) < 1e-12 * (jnp.abs(val) + 1.0), 0.0, rate)
-        return (x, rate, jnp.maximum(t, t_prev), last_reset, code), x
+        t_now = jnp.maximum(t, t_prev)
+        return (x, rate, t_now, last_reset, code), (x, rate, t_now)
 
     init = (jnp.zeros(n), jnp.zeros(n), t_first, jnp.asarray(-1, jnp.int32), jnp.asarray(Status.SUCCESS))
-    (_, _, _, _, code), ys = jax.lax.scan(body, init, xs)
+    (_, _, _, _, code), (ys, rs, ts) = jax.lax.scan(body, init, xs)
     code = jnp.maximum(code, jnp.max(ss_code, initial=0))
 
-    # Gather the output slots back into input order.
-    inv = jnp.zeros(E, jnp.int32).at[order].set(jnp.arange(E, dtype=jnp.int32))
-    out_pos = inv[E - n_out :]
-    amounts = ys[out_pos]
+    # Outputs, in input order.
+    has = out_prev >= 0
+    prev = jnp.maximum(out_prev, 0)
+    x0 = jnp.where(has[:, None], ys[prev], 0.0)
+    if prop.closed:
+        r0 = jnp.where(has[:, None], rs[prev], 0.0)
+        h = jnp.where(has, out_t - ts[prev], 0.0)
+        if time_varying:
+            sys_out = jax.tree.map(lambda a: a[nocb(out_t)], sys_rec)
+            amounts = jax.vmap(lambda s_, x_, r_, h_: s_.advance(x_, r_, h_))(sys_out, x0, r0, h)
+        else:
+            # Modal coordinates once per event, then per output only exponentials.
+            zx = (ys @ sys0.inv.T)[prev] * has[:, None]
+            zr = (rs @ sys0.inv.T)[prev] * has[:, None]
+            lam = sys0.lam[None, :]
+            z = jnp.exp(lam * h[:, None]) * zx + phi1(lam, h[:, None]) * zr
+            amounts = z @ sys0.vecs.T
+    else:
+        amounts = x0
     if cfg.at_records:
         p_out = p_rec
     else:
-        idx = jnp.clip(jnp.searchsorted(valid_times, out_times, side="left"), 0, n_valid - 1)
-        p_out = {k: v[idx] for k, v in p_rec.items()}
+        p_out = {k: v[nocb(out_times)] for k, v in p_rec.items()}
     outputs = jax.vmap(model.observe)(amounts, p_out)
     finite = jnp.all(jnp.isfinite(amounts))
     code = jnp.where(finite, code, jnp.maximum(code, Status.NONFINITE))
@@ -401,8 +441,18 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
 def _simulate_jit(model, cfg, et, p, out_times, *, batched, times_batched):
     if not batched:
         return _simulate_one(model, cfg, et, p, out_times)
-    fn = functools.partial(_simulate_one, model, cfg)
-    return jax.vmap(fn, in_axes=(0, 0, 0 if times_batched else None))(et, p, out_times)
+    n_pat = et.time.shape[0]
+    if times_batched:
+        fn = functools.partial(_simulate_one, model, cfg)
+        args = (et, p, out_times)
+    else:
+        fn = lambda e, q: _simulate_one(model, cfg, e, q, out_times)  # noqa: E731
+        args = (et, p)
+    if cfg.batch_size and n_pat > cfg.batch_size:
+        # Patients in chunks: vmap within a chunk, a loop across chunks. Keeps the solver's
+        # loop state in cache; a plain vmap over 10^4 patients is several times slower.
+        return jax.lax.map(lambda a: fn(*a), args, batch_size=cfg.batch_size)
+    return jax.vmap(fn)(*args)
 
 
 # --------------------------------------------------------------------------------------
@@ -463,6 +513,7 @@ def simulate_arrays(
     atol: float = 1e-9,
     max_steps: int = 4096,
     ss_iters: int = 3,
+    batch_size: int | None = None,
 ):
     """Like :func:`simulate` but returns ``(amounts, outputs, status)`` as JAX arrays.
 
@@ -500,16 +551,25 @@ def simulate_arrays(
             k: (_pad_edge(jnp.asarray(v, float), R) if jnp.ndim(v) == 1 else jnp.asarray(v, float))
             for k, v in params.items()
         }
+    method = _resolve_method(model, solver)
     cfg = SolverConfig(
-        method=_resolve_method(model, solver),
+        method=method,
         rtol=float(rtol),
         atol=float(atol),
         max_steps=int(max_steps),
         ss_iters=int(ss_iters),
+        batch_size=int(batch_size) if batch_size is not None else _default_batch(method),
         modifiers=mods,
         at_records=at_records,
     )
     return _simulate_jit(model, cfg, events, params, out_times, batched=batched, times_batched=times_batched)
+
+
+def _default_batch(method: str) -> int:
+    """Patients per vmapped chunk on CPU (measured in benchmarks/simulate_cohort.py)."""
+    if jax.default_backend() != "cpu":
+        return 0
+    return 4096 if method == "closed_form" else 512
 
 
 def _pad_edge(v, R):
