@@ -35,7 +35,6 @@ from .events import (
     stack_tables,
 )
 from .model._base import AbstractModel
-from .model.linear import phi1
 
 jax.config.update("jax_enable_x64", True)
 
@@ -154,7 +153,9 @@ def _steady_state(prop, cfg, p, *, c, amt, rate_col, ii, t, F, L, Rm, Dm, K, n):
         x2, c2 = prop.advance(s, x1, q * r_vec, rr, iis, forward=forward)
         return x2, jnp.maximum(c1, c2)
 
-    iters = 1 if prop.closed else cfg.ss_iters
+    # Two Newton steps even for linear systems: the first lands on the fixed point, the
+    # second makes the (Jacobian-frozen) derivative the implicit-function one at x*.
+    iters = 2 if prop.closed else max(2, cfg.ss_iters)
     scale = cfg.atol + 1e-12
     xa, code = _newton_fixed_point(
         period, functools.partial(period, forward=True), jnp.zeros(n), iters, scale
@@ -178,9 +179,7 @@ def _steady_state(prop, cfg, p, *, c, amt, rate_col, ii, t, F, L, Rm, Dm, K, n):
         pp = jax.lax.stop_gradient(p) if forward else p
         return x + prop.model.vector_field(t, x, pp, r_vec), jnp.asarray(Status.SUCCESS)
 
-    xc, cc = _newton_fixed_point(
-        fixed, functools.partial(fixed, forward=True), jnp.zeros(n), 1 if prop.closed else cfg.ss_iters, scale
-    )
+    xc, cc = _newton_fixed_point(fixed, functools.partial(fixed, forward=True), jnp.zeros(n), iters, scale)
     x_ss = jnp.where(const_inf, xc, x_t)
     # NONMEM 7 (its own output for this case): the state is set to the steady state of the
     # constant infusion, and the infusion does not continue past the record.
@@ -420,11 +419,9 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
             amounts = jax.vmap(lambda s_, x_, r_, h_: s_.advance(x_, r_, h_))(sys_out, x0, r0, h)
         else:
             # Modal coordinates once per event, then per output only exponentials.
-            zx = (ys @ sys0.inv.T)[prev] * has[:, None]
-            zr = (rs @ sys0.inv.T)[prev] * has[:, None]
-            lam = sys0.lam[None, :]
-            z = jnp.exp(lam * h[:, None]) * zx + phi1(lam, h[:, None]) * zr
-            amounts = z @ sys0.vecs.T
+            zx = jax.vmap(sys0.modal)(ys)[prev] * has[:, None]
+            zr = jax.vmap(sys0.modal)(rs)[prev] * has[:, None]
+            amounts = jax.vmap(lambda a, b, c: sys0.unmodal(sys0.advance_modal(a, b, c)))(zx, zr, h)
     else:
         amounts = x0
     if cfg.at_records:
@@ -449,9 +446,20 @@ def _simulate_jit(model, cfg, et, p, out_times, *, batched, times_batched):
         fn = lambda e, q: _simulate_one(model, cfg, e, q, out_times)  # noqa: E731
         args = (et, p)
     if cfg.batch_size and n_pat > cfg.batch_size:
-        # Patients in chunks: vmap within a chunk, a loop across chunks. Keeps the solver's
-        # loop state in cache; a plain vmap over 10^4 patients is several times slower.
-        return jax.lax.map(lambda a: fn(*a), args, batch_size=cfg.batch_size)
+        # Patients in equal chunks: vmap within a chunk, a loop across chunks. Keeps the
+        # solver's loop state in cache (a plain vmap over 10^4 patients is several times
+        # slower). The patient axis is padded with copies of patient 0 so that every chunk
+        # has the same shape and only one chunk function is compiled.
+        n_chunks = -(-n_pat // cfg.batch_size)
+        size = -(-n_pat // n_chunks)
+        pad = n_chunks * size - n_pat
+
+        def chunked(x):
+            x = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x
+            return x.reshape((n_chunks, size) + x.shape[1:])
+
+        out = jax.lax.map(lambda a: jax.vmap(fn)(*a), jax.tree.map(chunked, args))
+        return jax.tree.map(lambda y: y.reshape((n_chunks * size,) + y.shape[2:])[:n_pat], out)
     return jax.vmap(fn)(*args)
 
 
@@ -569,7 +577,7 @@ def _default_batch(method: str) -> int:
     """Patients per vmapped chunk on CPU (measured in benchmarks/simulate_cohort.py)."""
     if jax.default_backend() != "cpu":
         return 0
-    return 4096 if method == "closed_form" else 512
+    return 1000 if method == "closed_form" else 500
 
 
 def _pad_edge(v, R):
@@ -589,9 +597,12 @@ def _check_model_rate_codes(model, events, mods):
         evid = np.atleast_2d(np.asarray(events.evid))
     except jax.errors.TracerArrayConversionError:  # traced events: the caller checked them
         return
+    dose_all = np.isin(evid, (EVID_DOSE, EVID_RESET_DOSE)) & np.isin(rate, (-1, -2))
+    if not dose_all.any():  # the common case: one vectorised test for the whole cohort
+        return
     have = {(k, c) for k, c, _ in mods}
     problems = []
-    for pi in range(rate.shape[0]):
+    for pi in np.nonzero(dose_all.any(axis=1))[0]:
         dose = np.isin(evid[pi], (EVID_DOSE, EVID_RESET_DOSE))
         for i in np.nonzero(dose & np.isin(rate[pi], (-1, -2)))[0]:
             kind = "rate" if rate[pi, i] == -1 else "duration"

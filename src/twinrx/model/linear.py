@@ -10,7 +10,8 @@ infusion input ``r`` is
 That is O(n^2) per segment, independent of the number of past doses, which is what makes the
 closed form fast for long regimens and large cohorts. The disposition block is symmetrised
 with ``diag(sqrt(V))`` so its eigenvectors come from a symmetric eigenproblem (analytic for
-one and two compartments); the depot adds the eigenvalue ``-KA``.
+one and two compartments); the depot is kept apart and enters through divided differences of
+exponentials, exact also when KA equals a disposition rate.
 """
 
 from __future__ import annotations
@@ -25,22 +26,55 @@ from ._base import AbstractModel, Output, Parameter
 
 __all__ = ["LinearCompartmentModel", "ClosedFormSystem", "phi1"]
 
-# Relative separation below which KA is nudged away from a disposition eigenvalue: the
-# eigenvector basis is singular when KA equals one of them (the "flip-flop" degenerate case).
-_DEGENERATE_RTOL = 1e-7
-
 
 class ClosedFormSystem(eqx.Module):
-    """Diagonalisation of a linear system: ``A = vecs @ diag(lam) @ inv``."""
+    """Exact propagator of a linear model.
 
-    lam: Float[Array, " n"]
-    vecs: Float[Array, "n n"]
-    inv: Float[Array, "n n"]
+    The disposition block is diagonalised, ``B = vecs @ diag(lam) @ inv`` (well conditioned:
+    it comes from a symmetric eigenproblem). An oral model's depot stays a scalar and feeds the
+    central compartment through divided differences of exponentials, which stay exact when
+    KA equals a disposition eigenvalue (the "flip-flop" confluent case).
+
+    States are handled in modal form ``m = [depot, z]`` (``z = inv @ x_disposition``), in which
+    one segment is elementwise: :meth:`advance_modal`.
+    """
+
+    lam: Float[Array, " nd"]
+    vecs: Float[Array, "nd nd"]
+    inv: Float[Array, "nd nd"]
+    ka: Float[Array, ""]
+    oral: bool = eqx.field(static=True)
+
+    def modal(self, x):
+        if not self.oral:
+            return self.inv @ x
+        return jnp.concatenate([x[:1], self.inv @ x[1:]])
+
+    def unmodal(self, m):
+        if not self.oral:
+            return self.vecs @ m
+        return jnp.concatenate([m[:1], self.vecs @ m[1:]])
+
+    def advance_modal(self, m, mr, h):
+        """Modal state after ``h`` hours with constant modal input ``mr``."""
+        lam = self.lam
+        if not self.oral:
+            return jnp.exp(lam * h) * m + phi1(lam, h) * mr
+        ka = self.ka
+        d0, z0, rd, rz = m[0], m[1:], mr[0], mr[1:]
+        e_ka = jnp.exp(-ka * h)
+        d1 = e_ka * d0 + phi1(-ka, h) * rd
+        # int_0^h e^{lam (h-s)} e^{-ka s} ds = (e^{lam h} - e^{-ka h}) / (lam + ka), written as
+        # e^{max(lam, -ka) h} phi1(-|lam + ka|, h): exact as lam -> -ka, no overflow for long h.
+        i1 = jnp.exp(jnp.maximum(lam, -ka) * h) * phi1(-jnp.abs(lam + ka), h)
+        # int_0^h e^{lam (h-s)} (1 - e^{-ka s}) / ka ds  (an infusion into the depot)
+        i2 = (phi1(lam, h) - i1) / jnp.where(ka == 0, 1.0, ka)
+        wc = self.inv[:, 0]
+        z1 = jnp.exp(lam * h) * z0 + phi1(lam, h) * rz + ka * wc * (d0 * i1 + rd * i2)
+        return jnp.concatenate([d1[None], z1])
 
     def advance(self, x: Float[Array, " n"], rate: Float[Array, " n"], h) -> Float[Array, " n"]:
-        e = jnp.exp(self.lam * h)
-        z = e * (self.inv @ x) + phi1(self.lam, h) * (self.inv @ rate)
-        return self.vecs @ z
+        return self.unmodal(self.advance_modal(self.modal(x), self.modal(rate), h))
 
 
 def phi1(lam, h):
@@ -187,24 +221,8 @@ class LinearCompartmentModel(AbstractModel):
         sq = jnp.sqrt(vols)
         vd = sq[:, None] * u  # B = vd diag(lam_d) wd
         wd = u.T / sq[None, :]
-        if not self.oral:
-            return ClosedFormSystem(lam_d, vd, wd)
-        ka = p["KA"]
-        # Nudge KA off a disposition eigenvalue (the eigenbasis is singular there); the
-        # relative perturbation is below _DEGENERATE_RTOL.
-        gap = lam_d + ka
-        tol = _DEGENERATE_RTOL * (jnp.abs(lam_d) + ka)
-        near = jnp.abs(gap) < tol
-        shift = jnp.sum(jnp.where(near, jnp.where(gap >= 0, tol, -tol) - gap, 0.0))
-        ka = ka + shift
-        gap = lam_d + ka
-        # Eigenvector of -KA: [1, w] with (B + KA I) w = -KA e_central.
-        w = -ka * (vd @ ((wd[:, 0]) / gap))
-        n = nd + 1
-        vecs = jnp.zeros((n, n)).at[0, 0].set(1.0).at[1:, 0].set(w).at[1:, 1:].set(vd)
-        inv = jnp.zeros((n, n)).at[0, 0].set(1.0).at[1:, 0].set(-(wd @ w)).at[1:, 1:].set(wd)
-        lam = jnp.concatenate([jnp.stack([-ka]), lam_d])
-        return ClosedFormSystem(lam, vecs, inv)
+        ka = jnp.asarray(p["KA"], float) if self.oral else jnp.asarray(0.0)
+        return ClosedFormSystem(lam_d, vd, wd, ka, self.oral)
 
     def _volumes(self, p):
         if self.n_disposition == 1:
