@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import platform
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 import xarray as xr
 import zarr  # noqa: F401  (the backend; kept here so zarr is imported in one place)
 
@@ -42,11 +40,6 @@ def provenance(**extra) -> dict[str, str]:
     return attrs
 
 
-def content_hash(obj) -> str:
-    """A short stable hash of a JSON-able object (scenario specs, parameter sets)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def write_store(ds: xr.Dataset, path: str | Path, *, mode: str = "w", **extra_attrs) -> Path:
     """Write ``ds`` to a Zarr (v3) store with provenance attributes."""
     ds = ds.copy()
@@ -62,7 +55,3 @@ def write_store(ds: xr.Dataset, path: str | Path, *, mode: str = "w", **extra_at
 def open_store(path: str | Path) -> xr.Dataset:
     """Open a store lazily (dask-backed variables)."""
     return xr.open_zarr(Path(path), consolidated=False, chunks={})
-
-
-def _as_numpy(ds: xr.Dataset) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v) for k, v in ds.data_vars.items()}

@@ -10,9 +10,8 @@ value (0 for the dosing columns). Row numbers in messages are line numbers of th
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,7 @@ __all__ = ["NonmemData", "read_nonmem", "validate_nonmem", "simulate_nonmem"]
 
 _DOSING = ("EVID", "AMT", "CMT", "RATE", "SS", "II", "ADDL")
 _REQUIRED = ("ID", "TIME")
+_RECORD_COLUMNS = ("TIME", *_DOSING)  # the order of EventTable.from_records / check_records
 
 
 @dataclasses.dataclass
@@ -49,14 +49,7 @@ class NonmemData:
         for pid, cols, lines in zip(self.ids, self.columns, self.lines):
             out.append(
                 EventTable.from_records(
-                    cols["TIME"],
-                    cols["EVID"],
-                    cols["AMT"],
-                    cols["CMT"],
-                    cols["RATE"],
-                    cols["SS"],
-                    cols["II"],
-                    cols["ADDL"],
+                    *(cols[c] for c in _RECORD_COLUMNS),
                     n_cmt=n_cmt,
                     patient=pid,
                     rows=lines,
@@ -69,14 +62,7 @@ class NonmemData:
         out: list[Problem] = []
         for pid, cols, lines in zip(self.ids, self.columns, self.lines):
             out += check_records(
-                cols["TIME"],
-                cols["EVID"],
-                cols["AMT"],
-                cols["CMT"],
-                cols["RATE"],
-                cols["SS"],
-                cols["II"],
-                cols["ADDL"],
+                *(cols[c] for c in _RECORD_COLUMNS),
                 n_cmt=n_cmt,
                 modelled_rate=modelled_rate,
                 modelled_duration=modelled_duration,
@@ -369,12 +355,3 @@ def simulate_nonmem(
         d["STATUS"] = int(status[pi])
         frames.append(pd.DataFrame(d))
     return pd.concat(frames, ignore_index=True)
-
-
-def read_csv_text(text: str) -> NonmemData:
-    """Convenience for tests and notebooks: read a NONMEM data set from a string."""
-    return read_nonmem(io.StringIO(text))
-
-
-def _ids(data: NonmemData) -> Sequence[str]:
-    return data.ids
