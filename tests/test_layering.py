@@ -6,6 +6,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "twinrx"
 # results (the xarray schema) sits below solve: simulate returns a Dataset.
 ORDER = [
+    "_devices",
     "_types",
     "units",
     "model",

@@ -1,5 +1,6 @@
 """The simulator: closed forms against textbook solutions, cohorts, failures as status."""
 
+import jax
 import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
@@ -113,3 +114,44 @@ def test_unknown_solver_and_missing_param_errors():
         twinrx.simulate(m, {"CL": 1.0}, ev, times=TIMES)
     with pytest.raises(ValueError, match="unknown compartment 'gut'"):
         twinrx.simulate(m, {"CL": 1.0, "V": 1.0}, ev, times=TIMES, lag={"gut": 1.0})
+
+
+def test_cohort_split_over_cpu_devices_matches_one_device():
+    """use_cpu_cores(2) in a fresh interpreter: the cohort is split over two devices and
+    gives the same numbers as one device (closed form and ODE, with an odd patient count)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import numpy as np, twinrx
+        assert twinrx.use_cpu_cores(2) == 2
+        m = twinrx.get_model("two_cpt_oral")
+        ev = twinrx.EventTable.from_records([0.0], [1], [100.0], [1], ii=[12.0], addl=[3])
+        rng = np.random.default_rng(0)
+        p = {k: v * np.exp(0.3 * rng.normal(size=7)) for k, v in
+             {"CL": 5.0, "V1": 50.0, "Q": 10.0, "V2": 100.0, "KA": 1.0}.items()}
+        for solver in ("closed_form", "ode"):
+            one = twinrx.simulate_arrays(m, p, [ev] * 7, np.arange(0.0, 48.0, 3.0), solver=solver, devices=1)
+            two = twinrx.simulate_arrays(m, p, [ev] * 7, np.arange(0.0, 48.0, 3.0), solver=solver)
+            np.testing.assert_allclose(np.asarray(two[1]["CP"]), np.asarray(one[1]["CP"]), rtol=1e-12)
+            assert np.asarray(two[1]["CP"]).shape == (7, 16)
+        print("OK")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("OK")
+
+
+def test_use_cpu_cores_after_jax_started_says_when_to_call_it():
+    twinrx.simulate(
+        twinrx.get_model("one_cpt_iv"),
+        {"CL": 1.0, "V": 10.0},
+        EventTable.from_records([0.0], [1], [1.0], [1]),
+    )
+    n = len(jax.devices("cpu"))
+    assert twinrx.use_cpu_cores(n) == n  # nothing to change
+    with pytest.raises(RuntimeError, match="before JAX runs its first computation"):
+        twinrx.use_cpu_cores(n + 1)

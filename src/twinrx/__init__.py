@@ -4,6 +4,7 @@ import jax as _jax
 
 _jax.config.update("jax_enable_x64", True)
 
+from ._devices import use_cpu_cores  # noqa: E402
 from ._types import Status, status_message  # noqa: E402
 from .events import DataError, EventTable, stack_tables  # noqa: E402
 from .model import AbstractModel, LinearCompartmentModel, get_model, list_models  # noqa: E402
@@ -23,4 +24,5 @@ __all__ = [
     "simulate_arrays",
     "stack_tables",
     "status_message",
+    "use_cpu_cores",
 ]

@@ -191,8 +191,13 @@ def models_list():
 
 def main(argv=None) -> int:
     """Entry point with exit codes 0 (ok), 1 (user error), 2 (internal error)."""
+    from ._devices import use_cpu_cores
     from .events import DataError
 
+    try:  # a cohort runs on every core (only possible before JAX's first computation)
+        use_cpu_cores()
+    except RuntimeError:
+        pass
     try:
         rc = app(args=argv, standalone_mode=False)
         # Without standalone mode click returns the code of a typer.Exit instead of raising.

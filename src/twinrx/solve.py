@@ -20,6 +20,7 @@ from typing import Any
 
 import diffrax as dfx
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,6 +58,8 @@ class SolverConfig(eqx.Module):
     modifiers: tuple[tuple[str, int, str], ...] = eqx.field(static=True, default=())
     at_records: bool = eqx.field(static=True, default=False)
     batch_size: int = eqx.field(static=True, default=0)  # 0: one vmap over all patients
+    infusions: bool = eqx.field(static=True, default=True)  # False: no record has RATE != 0
+    devices: int = eqx.field(static=True, default=1)  # local devices a cohort is split over
 
 
 # --------------------------------------------------------------------------------------
@@ -87,12 +90,77 @@ def _ode_advance(model, cfg, p, x, r, t0, t1, *, forward=False):
     return sol.ys[0], code
 
 
+_TSIT5 = dfx.Tsit5.tableau  # Tsitouras (2011) 5(4) coefficients, from diffrax
+_SAFETY, _FACTOR_MIN, _FACTOR_MAX = 0.9, 0.2, 10.0
+
+
+def _rk_advance(model, cfg, p, x, r, t0, t1, dt, *, forward=False):
+    """Advance ``x`` from ``t0`` to ``t1`` (the next stop: event or output) with Tsit5 and
+    an integral step-size controller, starting with the step ``dt`` carried over from the
+    previous stop, so that no step-size search is made at every stop. Returns
+    ``(x1, next step, status)``.
+
+    The seven stages are unrolled for the small systems of pharmacology (diffrax's general
+    Runge-Kutta step loops over stages and handles any term structure, several times
+    slower here); the last stage is ``f(t1, y1)`` and starts the next step (FSAL).
+    Reverse-mode differentiable through a checkpointed loop, forward-mode with
+    ``forward=True``.
+
+    (Reading outputs from the solver's interpolant instead of stopping at them, with
+    per-step output writes or per-stop interpolation, measured slower on CPU: the cost
+    here is the number of XLA operations per loop iteration, not the arithmetic.)
+    """
+    tab = _TSIT5
+    rtol, atol = cfg.rtol, cfg.atol
+
+    def f(t, y):
+        return model.vector_field(t, y, p, r)
+
+    def cond(c):
+        t, _, _, _, _, code = c
+        return (t < t1) & (code == Status.SUCCESS)
+
+    def body(c):
+        t, y, k1, h, n, code = c
+        rest = t1 - t
+        last = h >= rest
+        h_try = jnp.where(last, rest, h)
+        ks = [k1]
+        for ci, ai in zip(tab.c, tab.a_lower):
+            yi = y + h_try * sum(float(a) * k for a, k in zip(ai, ks) if a != 0)
+            ks.append(f(t + float(ci) * h_try, yi))
+        y1 = yi  # the last row of a_lower is b_sol
+        err = h_try * sum(float(e) * k for e, k in zip(tab.b_error, ks) if e != 0)
+        scale = atol + rtol * jnp.maximum(jnp.abs(y), jnp.abs(y1))
+        # The step-size control is not differentiated (derivatives are those of the steps
+        # taken); sqrt at a zero error would give NaN gradients anyway.
+        en = jax.lax.stop_gradient(jnp.sqrt(jnp.mean((err / scale) ** 2)))
+        en = jnp.where(jnp.isfinite(en) & jnp.all(jnp.isfinite(y1)), en, jnp.inf)
+        accept = en <= 1.0
+        factor = jnp.clip(_SAFETY * jnp.where(en > 0, en, 1e-10) ** -0.2, _FACTOR_MIN, _FACTOR_MAX)
+        factor = jnp.where(accept, factor, jnp.minimum(factor, 1.0))
+        t_new = jnp.where(accept, jnp.where(last, t1, t + h_try), t)
+        # A step cut short by the stop says nothing against the longer one.
+        h_new = jnp.where(accept & last, jnp.maximum(h, h_try * factor), h_try * factor)
+        n = n + 1
+        code = jnp.where((n >= cfg.max_steps) & (t_new < t1), Status.MAX_STEPS, code)
+        tiny = ~accept & (t + h_new == t)  # the step no longer moves time
+        code = jnp.where(tiny, jnp.maximum(code, Status.SOLVER_FAILED), code)
+        return t_new, jnp.where(accept, y1, y), jnp.where(accept, ks[-1], k1), h_new, n, code
+
+    init = (t0, x, f(t0, x), jax.lax.stop_gradient(dt), jnp.asarray(0), jnp.asarray(Status.SUCCESS))
+    kind = "lax" if forward else "checkpointed"
+    _, y, _, h, _, code = eqxi.while_loop(cond, body, init, max_steps=cfg.max_steps, kind=kind)
+    return y, jnp.where(t1 > t0, h, dt), code
+
+
 class _Propagator:
     """advance(sys, x, rate, t0, t1) -> (x, status) for one parameter set ``sys``."""
 
     def __init__(self, model: AbstractModel, cfg: SolverConfig):
         self.model, self.cfg = model, cfg
         self.closed = cfg.method == "closed_form"
+        self.rk = cfg.method == "ode"
 
     def system(self, p):
         return self.model.closed_form_system(p) if self.closed else p
@@ -310,34 +378,37 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
     out_key = 3 * rec_idx + 2 if cfg.at_records else jnp.full((T,), 3 * R + 5, jnp.int32)
 
     # All events: records, arrivals, ends, steady-state tails, outputs.
-    e_time = jnp.concatenate([et.time, t_arr, t_arr + D_inf, tail_end.reshape(-1), out_t])
+    # Infusion ends (none when no record of the data set is an infusion).
+    Me = M if cfg.infusions else 0
+    e_time = jnp.concatenate([et.time, t_arr, (t_arr + D_inf)[:Me], tail_end.reshape(-1), out_t])
     e_key = jnp.concatenate(
         [
             3 * rec_idx,
             jnp.where(implied, -1, 3 * r + 1),
-            jnp.full((M,), -1, jnp.int32),
+            jnp.full((Me,), -1, jnp.int32),
             jnp.full((tail_n,), -1, jnp.int32),
             out_key,
         ]
     )
+    n_none = n_out
     e_kind = jnp.concatenate(
         [
             rec_kind,
             arr_kind,
-            end_kind,
+            end_kind[:Me],
             jnp.where(tail_active.reshape(-1), _INF_END, _NONE),
-            jnp.full((n_out,), _NONE),
+            jnp.full((n_none,), _NONE),
         ]
     ).astype(jnp.int32)
-    e_cmt = jnp.concatenate([et.cmt, c, c, et.cmt[tail_rec], jnp.zeros((n_out,), jnp.int32)])
-    e_val = jnp.concatenate([jnp.zeros(R), arr_val, R_inf, tail_val, jnp.zeros(n_out)])
-    e_origin = jnp.concatenate([rec_idx, r, r, tail_rec, jnp.full((n_out,), R, jnp.int32)])
-    e_slot = jnp.concatenate([ss_slot, jnp.zeros((2 * M + tail_n + n_out,), jnp.int32)])
+    e_cmt = jnp.concatenate([et.cmt, c, c[:Me], et.cmt[tail_rec], jnp.zeros((n_none,), jnp.int32)])
+    e_val = jnp.concatenate([jnp.zeros(R), arr_val, R_inf[:Me], tail_val, jnp.zeros(n_none)])
+    e_origin = jnp.concatenate([rec_idx, r, r[:Me], tail_rec, jnp.full((n_none,), R, jnp.int32)])
+    e_slot = jnp.concatenate([ss_slot, jnp.zeros((M + Me + tail_n + n_none,), jnp.int32)])
     E = e_time.shape[0]
     E_ev = E - n_out
     if prop.closed:
-        # O(times): the scan visits the events only; each output is propagated exactly from
-        # the last event before it in NONMEM order, all outputs at once.
+        # O(times): the scan visits the events only; each output belongs to the segment
+        # after the last event before it in NONMEM order.
         ev_order = jnp.lexsort((jnp.arange(E_ev), e_key[:E_ev], e_time[:E_ev]))
         st, sk = e_time[:E_ev][ev_order], e_key[:E_ev][ev_order]
         if cfg.at_records:  # a record's output comes after the events it follows
@@ -346,7 +417,7 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
             )
             out_prev = jnp.sum(before, axis=1) - 1
         else:  # requested times come after everything at that time
-            out_prev = jnp.searchsorted(st, out_t, side="right", method="compare_all") - 1
+            out_prev = jnp.searchsorted(st, out_t, side="right", method="scan") - 1
         scan_order = ev_order
     else:
         # ODE: outputs are stops of the scan (the state there comes from the solver).
@@ -369,23 +440,19 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
         sys0 = prop.system({k: jnp.asarray(v, float) for k, v in p.items()})
 
     so = scan_order
-    xs = (e_time[so], e_kind[so], e_cmt[so], e_val[so], e_origin[so], e_slot[so])
+    xs = {
+        "t": e_time[so],
+        "kind": e_kind[so],
+        "cmt": e_cmt[so],
+        "val": e_val[so],
+        "origin": e_origin[so],
+        "slot": e_slot[so],
+    }
     if time_varying:
-        xs = xs + (nocb(e_time[so]),)
+        xs["rec"] = nocb(e_time[so])
 
-    t_first = jnp.min(jnp.where(et.mask, et.time, jnp.inf))
-
-    def body(carry, ev_):
-        x, rate, t_prev, last_reset, code = carry
-        if time_varying:
-            t, kind, cm, val, origin, slot, sr = ev_
-            sys = jax.tree.map(lambda a: a[sr], sys_rec)
-        else:
-            t, kind, cm, val, origin, slot = ev_
-            sys = sys0
-        t_from = jnp.minimum(t_prev, t)
-        x, c_adv = prop.advance(sys, x, rate, t_from, t)
-        code = jnp.maximum(code, c_adv)
+    def apply_event(x, rate, last_reset, ev_):
+        kind, cm, val, origin = ev_["kind"], ev_["cmt"], ev_["val"], ev_["origin"]
         live = origin >= last_reset
         onehot = jax.nn.one_hot(cm, n)
         x = x + jnp.where((kind == _BOLUS) & live, val, 0.0) * onehot
@@ -396,15 +463,35 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
         rate = jnp.where(is_reset, 0.0, rate)
         last_reset = jnp.where(is_reset, origin, last_reset)
         is_ss = (kind == _SS_RESET) | (kind == _SS_ADD)
-        x = x + jnp.where(is_ss, ss_x[slot], 0.0)
-        rate = rate + jnp.where(is_ss, ss_rate[slot], 0.0)
+        x = x + jnp.where(is_ss, ss_x[ev_["slot"]], 0.0)
+        rate = rate + jnp.where(is_ss, ss_rate[ev_["slot"]], 0.0)
         # Clean up round-off of a finished infusion so the input is exactly off.
         rate = jnp.where(jnp.abs(rate) < 1e-12 * (jnp.abs(val) + 1.0), 0.0, rate)
-        t_now = jnp.maximum(t, t_prev)
-        return (x, rate, t_now, last_reset, code), (x, rate, t_now)
+        return x, rate, last_reset
 
-    init = (jnp.zeros(n), jnp.zeros(n), t_first, jnp.asarray(-1, jnp.int32), jnp.asarray(Status.SUCCESS))
-    (_, _, _, _, code), (ys, rs, ts) = jax.lax.scan(body, init, xs)
+    def segment_params(ev_):
+        return jax.tree.map(lambda a: a[ev_["rec"]], sys_rec) if time_varying else sys0
+
+    t_first = jnp.min(jnp.where(et.mask, et.time, jnp.inf))
+
+    def body(carry, ev_):
+        x, rate, t_prev, last_reset, code, dt = carry
+        t = ev_["t"]
+        sys = segment_params(ev_)
+        t_from = jnp.minimum(t_prev, t)
+        if prop.rk:
+            x, dt, c_adv = _rk_advance(model, cfg, sys, x, rate, t_from, t, dt)
+        else:
+            x, c_adv = prop.advance(sys, x, rate, t_from, t)
+        code = jnp.maximum(code, c_adv)
+        x, rate, last_reset = apply_event(x, rate, last_reset, ev_)
+        t_now = jnp.maximum(t, t_prev)
+        return (x, rate, t_now, last_reset, code, dt), (x, rate, t_now)
+
+    # The first step tries the whole first segment; the controller shrinks it from there.
+    x0 = jnp.zeros(n)
+    init = (x0, x0, t_first, jnp.asarray(-1, jnp.int32), jnp.asarray(Status.SUCCESS), jnp.asarray(jnp.inf))
+    (_, _, _, _, code, _), (ys, rs, ts) = jax.lax.scan(body, init, xs)
     code = jnp.maximum(code, jnp.max(ss_code, initial=0))
 
     # Outputs, in input order.
@@ -412,16 +499,19 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
     prev = jnp.maximum(out_prev, 0)
     x0 = jnp.where(has[:, None], ys[prev], 0.0)
     if prop.closed:
-        r0 = jnp.where(has[:, None], rs[prev], 0.0)
         h = jnp.where(has, out_t - ts[prev], 0.0)
+        r0 = jnp.where(has[:, None], rs[prev], 0.0)
         if time_varying:
             sys_out = jax.tree.map(lambda a: a[nocb(out_t)], sys_rec)
             amounts = jax.vmap(lambda s_, x_, r_, h_: s_.advance(x_, r_, h_))(sys_out, x0, r0, h)
         else:
             # Modal coordinates once per event, then per output only exponentials.
             zx = jax.vmap(sys0.modal)(ys)[prev] * has[:, None]
-            zr = jax.vmap(sys0.modal)(rs)[prev] * has[:, None]
-            amounts = jax.vmap(lambda a, b, c: sys0.unmodal(sys0.advance_modal(a, b, c)))(zx, zr, h)
+            if cfg.infusions:
+                zr = jax.vmap(sys0.modal)(rs)[prev] * has[:, None]
+                amounts = jax.vmap(lambda a, b, c: sys0.unmodal(sys0.advance_modal(a, b, c)))(zx, zr, h)
+            else:  # no input between events
+                amounts = jax.vmap(lambda a, c: sys0.unmodal(sys0.advance_modal(a, None, c)))(zx, h)
     else:
         amounts = x0
     if cfg.at_records:
@@ -432,6 +522,30 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
     finite = jnp.all(jnp.isfinite(amounts))
     code = jnp.where(finite, code, jnp.maximum(code, Status.NONFINITE))
     return amounts, outputs, code
+
+
+def _pad_patients(args, multiple):
+    """Pad the patient axis to a multiple of ``multiple`` with copies of patient 0."""
+    n_pat = jax.tree.leaves(args)[0].shape[0]
+    pad = -n_pat % multiple
+    if not pad:
+        return args
+    return jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]), args)
+
+
+def _vmap_chunked(fn, args, batch_size):
+    """``jax.vmap(fn)(*args)`` in equal chunks of at most ``batch_size`` patients: vmap
+    within a chunk, a loop across chunks. Keeps the solver's loop state in cache (a plain
+    vmap over 10^4 patients is several times slower). The patient axis is padded with
+    copies of patient 0 so that every chunk has the same shape (one compilation)."""
+    n_pat = jax.tree.leaves(args)[0].shape[0]
+    if not batch_size or n_pat <= batch_size:
+        return jax.vmap(fn)(*args)
+    n_chunks = -(-n_pat // batch_size)
+    size = -(-n_pat // n_chunks)
+    chunks = jax.tree.map(lambda x: x.reshape((n_chunks, size) + x.shape[1:]), _pad_patients(args, size))
+    out = jax.lax.map(lambda a: jax.vmap(fn)(*a), chunks)
+    return jax.tree.map(lambda y: y.reshape((n_chunks * size,) + y.shape[2:])[:n_pat], out)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "cfg", "batched", "times_batched"))
@@ -445,22 +559,21 @@ def _simulate_jit(model, cfg, et, p, out_times, *, batched, times_batched):
     else:
         fn = lambda e, q: _simulate_one(model, cfg, e, q, out_times)  # noqa: E731
         args = (et, p)
-    if cfg.batch_size and n_pat > cfg.batch_size:
-        # Patients in equal chunks: vmap within a chunk, a loop across chunks. Keeps the
-        # solver's loop state in cache (a plain vmap over 10^4 patients is several times
-        # slower). The patient axis is padded with copies of patient 0 so that every chunk
-        # has the same shape and only one chunk function is compiled.
-        n_chunks = -(-n_pat // cfg.batch_size)
-        size = -(-n_pat // n_chunks)
-        pad = n_chunks * size - n_pat
-
-        def chunked(x):
-            x = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x
-            return x.reshape((n_chunks, size) + x.shape[1:])
-
-        out = jax.lax.map(lambda a: jax.vmap(fn)(*a), jax.tree.map(chunked, args))
-        return jax.tree.map(lambda y: y.reshape((n_chunks * size,) + y.shape[2:])[:n_pat], out)
-    return jax.vmap(fn)(*args)
+    if cfg.devices <= 1:
+        return _vmap_chunked(fn, args, cfg.batch_size)
+    # Several devices (e.g. CPU cores made devices by twinrx.use_cpu_cores): each runs
+    # its share of the patients; one compilation for all.
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()[: cfg.devices]), ("patients",))
+    spec = jax.sharding.PartitionSpec("patients")
+    sharded = jax.shard_map(
+        lambda *a: _vmap_chunked(fn, a, cfg.batch_size),
+        mesh=mesh,
+        in_specs=spec,
+        out_specs=spec,
+        check_vma=False,
+    )
+    out = sharded(*_pad_patients(args, cfg.devices))
+    return jax.tree.map(lambda y: y[:n_pat], out)
 
 
 # --------------------------------------------------------------------------------------
@@ -522,11 +635,16 @@ def simulate_arrays(
     max_steps: int = 4096,
     ss_iters: int = 3,
     batch_size: int | None = None,
+    devices: int | None = None,
 ):
     """Like :func:`simulate` but returns ``(amounts, outputs, status)`` as JAX arrays.
 
     This is the differentiable, jit-friendly core: ``params`` leaves and event arrays may be
     JAX tracers (differentiate with respect to parameters, dose amounts and dose times).
+
+    A cohort is vmapped in chunks of ``batch_size`` patients (default: tuned per backend)
+    and split over ``devices`` local devices (default: all of them; see
+    :func:`twinrx.use_cpu_cores` to make each CPU core a device).
     """
     if isinstance(events, (list, tuple)):
         events = stack_tables(list(events))
@@ -569,8 +687,25 @@ def simulate_arrays(
         batch_size=int(batch_size) if batch_size is not None else _default_batch(method),
         modifiers=mods,
         at_records=at_records,
+        infusions=_has_infusions(events),
+        devices=_n_devices(events.time.shape[0] if batched else 1, devices),
     )
     return _simulate_jit(model, cfg, events, params, out_times, batched=batched, times_batched=times_batched)
+
+
+def _n_devices(n_patients: int, devices: int | None) -> int:
+    """Devices a cohort is split over: all local ones by default (one per CPU core after
+    :func:`twinrx.use_cpu_cores`), never more than there are patients."""
+    n = len(jax.local_devices()) if devices is None else int(devices)
+    return max(1, min(n, n_patients))
+
+
+def _has_infusions(events) -> bool:
+    """Whether any record has RATE != 0 (True when the events are traced)."""
+    try:
+        return bool(np.any(np.asarray(events.rate) != 0))
+    except jax.errors.TracerArrayConversionError:
+        return True
 
 
 def _default_batch(method: str) -> int:
