@@ -514,11 +514,12 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
                 amounts = jax.vmap(lambda a, c: sys0.unmodal(sys0.advance_modal(a, None, c)))(zx, h)
     else:
         amounts = x0
-    if cfg.at_records:
-        p_out = p_rec
+    if not time_varying:  # the same parameters at every output
+        p_fixed = {k: jnp.asarray(v, float) for k, v in p.items()}
+        outputs = jax.vmap(model.observe, in_axes=(0, None))(amounts, p_fixed)
     else:
-        p_out = {k: v[nocb(out_times)] for k, v in p_rec.items()}
-    outputs = jax.vmap(model.observe)(amounts, p_out)
+        p_out = p_rec if cfg.at_records else {k: v[nocb(out_times)] for k, v in p_rec.items()}
+        outputs = jax.vmap(model.observe)(amounts, p_out)
     finite = jnp.all(jnp.isfinite(amounts))
     code = jnp.where(finite, code, jnp.maximum(code, Status.NONFINITE))
     return amounts, outputs, code
