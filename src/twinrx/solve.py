@@ -651,7 +651,7 @@ def simulate_arrays(
         events = stack_tables(list(events))
     batched = events.time.ndim == 2
     mods, params = _resolve_modifiers(model, params, lag, bioav, rate, duration)
-    _check_model_rate_codes(model, events, mods)
+    infusions = _check_model_rate_codes(model, events, mods)
     missing = set(model.parameter_names) - set(params)
     if missing:
         raise ValueError(f"missing parameters for model {model.name!r}: {sorted(missing)}")
@@ -688,7 +688,7 @@ def simulate_arrays(
         batch_size=int(batch_size) if batch_size is not None else _default_batch(method),
         modifiers=mods,
         at_records=at_records,
-        infusions=_has_infusions(events),
+        infusions=infusions,
         devices=_n_devices(events.time.shape[0] if batched else 1, devices),
     )
     return _simulate_jit(model, cfg, events, params, out_times, batched=batched, times_batched=times_batched)
@@ -699,14 +699,6 @@ def _n_devices(n_patients: int, devices: int | None) -> int:
     :func:`twinrx.use_cpu_cores`), never more than there are patients."""
     n = len(jax.local_devices()) if devices is None else int(devices)
     return max(1, min(n, n_patients))
-
-
-def _has_infusions(events) -> bool:
-    """Whether any record has RATE != 0 (True when the events are traced)."""
-    try:
-        return bool(np.any(np.asarray(events.rate) != 0))
-    except jax.errors.TracerArrayConversionError:
-        return True
 
 
 def _default_batch(method: str) -> int:
@@ -725,17 +717,21 @@ def _pad_edge(v, R):
     return jnp.pad(v, pad, mode="edge")
 
 
-def _check_model_rate_codes(model, events, mods):
-    """RATE=-1/-2 need a modelled rate/duration; report every record that lacks one."""
+def _check_model_rate_codes(model, events, mods) -> bool:
+    """RATE=-1/-2 need a modelled rate/duration; report every record that lacks one.
+
+    Returns whether any record has RATE != 0 (an infusion; True when the events are traced,
+    and then unchecked: the caller checked them)."""
     try:
         rate = np.atleast_2d(np.asarray(events.rate))
         cmt = np.atleast_2d(np.asarray(events.cmt))
         evid = np.atleast_2d(np.asarray(events.evid))
-    except jax.errors.TracerArrayConversionError:  # traced events: the caller checked them
-        return
+    except jax.errors.TracerArrayConversionError:
+        return True
+    infusions = bool(np.any(rate != 0))
     dose_all = np.isin(evid, (EVID_DOSE, EVID_RESET_DOSE)) & np.isin(rate, (-1, -2))
     if not dose_all.any():  # the common case: one vectorised test for the whole cohort
-        return
+        return infusions
     have = {(k, c) for k, c, _ in mods}
     problems = []
     for pi in np.nonzero(dose_all.any(axis=1))[0]:
@@ -756,6 +752,7 @@ def _check_model_rate_codes(model, events, mods):
                 )
     if problems:
         raise DataError(problems)
+    return infusions
 
 
 def simulate(
@@ -773,6 +770,8 @@ def simulate(
     atol: float = 1e-9,
     max_steps: int = 4096,
     ss_iters: int = 3,
+    batch_size: int | None = None,
+    devices: int | None = None,
     ids: Sequence[str] | None = None,
 ):
     """Simulate one patient or a cohort and return an ``xarray.Dataset``.
@@ -795,6 +794,9 @@ def simulate(
     lag, bioav, rate, duration
         Per-compartment dosing modifiers ``{compartment: parameter name or number}``;
         compartments by name or NONMEM number.
+    batch_size, devices
+        Patients per vmapped chunk and local devices a cohort is split over (see
+        :func:`simulate_arrays`); the defaults suit the backend.
 
     Returns
     -------
@@ -832,5 +834,7 @@ def simulate(
         atol=atol,
         max_steps=max_steps,
         ss_iters=ss_iters,
+        batch_size=batch_size,
+        devices=devices,
     )
     return simulation_dataset(model, events, times, amounts, outputs, status, ids=ids)
