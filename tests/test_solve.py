@@ -105,13 +105,16 @@ def test_stiff_solver_agrees():
     np.testing.assert_allclose(st.A_peripheral.values, ref.A_peripheral.values, rtol=1e-6, atol=1e-9)
 
 
-def test_unknown_solver_and_missing_param_errors():
+def test_unknown_solver_unknown_param_and_defaults():
     m = twinrx.get_model("one_cpt_iv")
     ev = EventTable.from_records([0.0], [1], [100.0], [1])
     with pytest.raises(ValueError, match="solver must be"):
         twinrx.simulate(m, {"CL": 1.0, "V": 1.0}, ev, times=TIMES, solver="rk4")
-    with pytest.raises(ValueError, match=r"missing parameters .*'V'"):
-        twinrx.simulate(m, {"CL": 1.0}, ev, times=TIMES)
+    with pytest.raises(ValueError, match=r"unknown input 'Vd' .*did you mean 'V'"):
+        twinrx.simulate(m, {"CL": 1.0, "Vd": 2.0}, ev, times=TIMES)
+    # A parameter not given takes the model's default (V = 50 L): C(0) = 100 mg / 50 L.
+    ds = twinrx.simulate(m, {"CL": 1.0}, ev, times=[0.0])
+    assert float(np.asarray(ds.CP).ravel()[0]) == pytest.approx(100.0 / dict(m.typical_params())["V"], rel=1e-12)
     with pytest.raises(ValueError, match="unknown compartment 'gut'"):
         twinrx.simulate(m, {"CL": 1.0, "V": 1.0}, ev, times=TIMES, lag={"gut": 1.0})
 

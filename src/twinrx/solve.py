@@ -162,8 +162,9 @@ class _Propagator:
         self.closed = cfg.method == "closed_form"
         self.rk = cfg.method == "ode"
 
-    def system(self, p):
-        return self.model.closed_form_system(p) if self.closed else p
+    def system(self, q):
+        """The per-segment system from prepared parameters ``q`` (see ``model.prepare``)."""
+        return self.model.closed_form_system(q) if self.closed else q
 
     def advance(self, sys, x, r, t0, t1, *, forward=False):
         if self.closed:
@@ -281,12 +282,22 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
     T = out_times.shape[0]
     prop = _Propagator(model, cfg)
     time_varying = any(jnp.ndim(v) > 0 for v in p.values())
-    p_rec = _per_record(p, R)
+    # The model's own parameters (individual values, derived quantities), once per record
+    # when anything varies in time, else once.
+    if time_varying:
+        q_rec = _per_record(jax.vmap(model.prepare)(_per_record(p, R)), R)
+    else:
+        q0 = dict(model.prepare({k: jnp.asarray(v, float) for k, v in p.items()}))
+        q_rec = _per_record(q0, R)
+    if model.has_initial_state:
+        x_init_rec = jax.vmap(model.initial_state)(q_rec)
+    else:
+        x_init_rec = None
 
     # Per-record, per-compartment dosing modifiers.
     mods = {k: jnp.full((R, n), _MOD_DEFAULT[k]) for k in _MODIFIERS}
     for kind, cmt, src in cfg.modifiers:
-        mods[kind] = mods[kind].at[:, cmt].set(p_rec[src])
+        mods[kind] = mods[kind].at[:, cmt].set(q_rec[src])
 
     # ---- dose instances -> arrival and end events ----
     r = et.dose_rec
@@ -308,7 +319,7 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
 
         def ss_one(i):
             ci = et.cmt[i]
-            pi = {k: v[i] for k, v in p_rec.items()}
+            pi = {k: v[i] for k, v in q_rec.items()}
             return _steady_state(
                 prop,
                 cfg,
@@ -435,9 +446,9 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
         return jnp.clip(jnp.searchsorted(valid_times, t, side="left"), 0, n_valid - 1)
 
     if time_varying:
-        sys_rec = jax.vmap(prop.system)(p_rec)
+        sys_rec = jax.vmap(prop.system)(q_rec)
     else:
-        sys0 = prop.system({k: jnp.asarray(v, float) for k, v in p.items()})
+        sys0 = prop.system(q0)
 
     so = scan_order
     xs = {
@@ -464,6 +475,11 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
         last_reset = jnp.where(is_reset, origin, last_reset)
         is_ss = (kind == _SS_RESET) | (kind == _SS_ADD)
         x = x + jnp.where(is_ss, ss_x[ev_["slot"]], 0.0)
+        if x_init_rec is not None:
+            # A reset returns to the baseline; a steady state already contains it, so an
+            # SS=2 record adds only its departure from the baseline.
+            x_init = x_init_rec[jnp.clip(origin, 0, R - 1)]
+            x = x + jnp.where(kind == _RESET, x_init, 0.0) - jnp.where(kind == _SS_ADD, x_init, 0.0)
         rate = rate + jnp.where(is_ss, ss_rate[ev_["slot"]], 0.0)
         # Clean up round-off of a finished infusion so the input is exactly off.
         rate = jnp.where(jnp.abs(rate) < 1e-12 * (jnp.abs(val) + 1.0), 0.0, rate)
@@ -489,8 +505,8 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
         return (x, rate, t_now, last_reset, code, dt), (x, rate, t_now)
 
     # The first step tries the whole first segment; the controller shrinks it from there.
-    x0 = jnp.zeros(n)
-    init = (x0, x0, t_first, jnp.asarray(-1, jnp.int32), jnp.asarray(Status.SUCCESS), jnp.asarray(jnp.inf))
+    x0 = jnp.zeros(n) if x_init_rec is None else x_init_rec[0]
+    init = (x0, jnp.zeros(n), t_first, jnp.asarray(-1, jnp.int32), jnp.asarray(Status.SUCCESS), jnp.asarray(jnp.inf))
     (_, _, _, _, code, _), (ys, rs, ts) = jax.lax.scan(body, init, xs)
     code = jnp.maximum(code, jnp.max(ss_code, initial=0))
 
@@ -515,11 +531,10 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
     else:
         amounts = x0
     if not time_varying:  # the same parameters at every output
-        p_fixed = {k: jnp.asarray(v, float) for k, v in p.items()}
-        outputs = jax.vmap(model.observe, in_axes=(0, None))(amounts, p_fixed)
+        outputs = jax.vmap(model.observe, in_axes=(0, 0, None))(out_t, amounts, q0)
     else:
-        p_out = p_rec if cfg.at_records else {k: v[nocb(out_times)] for k, v in p_rec.items()}
-        outputs = jax.vmap(model.observe)(amounts, p_out)
+        q_out = q_rec if cfg.at_records else {k: v[nocb(out_times)] for k, v in q_rec.items()}
+        outputs = jax.vmap(model.observe)(out_t, amounts, q_out)
     finite = jnp.all(jnp.isfinite(amounts))
     code = jnp.where(finite, code, jnp.maximum(code, Status.NONFINITE))
     return amounts, outputs, code
@@ -607,10 +622,11 @@ def _resolve_modifiers(model, params, lag, bioav, rate, duration):
     out = []
     for (kind, ci), src in sorted(spec.items()):
         if isinstance(src, str):
-            if src not in params:
+            if src not in params and src not in model.derived_names:
+                known = [*params, *(d for d in model.derived_names if not d.startswith("__"))]
                 raise ValueError(
                     f"{kind} of compartment {model.compartments[ci]!r} refers to {src!r}, which "
-                    f"is not among the parameters ({', '.join(params)})"
+                    f"is not among the parameters ({', '.join(known)})"
                 )
             name = src
         else:
@@ -650,11 +666,11 @@ def simulate_arrays(
     if isinstance(events, (list, tuple)):
         events = stack_tables(list(events))
     batched = events.time.ndim == 2
+    referenced = {v for m in (lag, bioav, rate, duration) for v in (m or {}).values() if isinstance(v, str)}
+    params = _with_defaults(model, params, referenced)
+    params = model.host_inputs(params, events.time)
     mods, params = _resolve_modifiers(model, params, lag, bioav, rate, duration)
     infusions = _check_model_rate_codes(model, events, mods)
-    missing = set(model.parameter_names) - set(params)
-    if missing:
-        raise ValueError(f"missing parameters for model {model.name!r}: {sorted(missing)}")
     at_records = times is None
     out_times = jnp.zeros((0,)) if at_records else jnp.asarray(times, float)
     times_batched = (not at_records) and out_times.ndim == 2
@@ -692,6 +708,29 @@ def simulate_arrays(
         devices=_n_devices(events.time.shape[0] if batched else 1, devices),
     )
     return _simulate_jit(model, cfg, events, params, out_times, batched=batched, times_batched=times_batched)
+
+
+def _with_defaults(model: AbstractModel, params: Mapping[str, Any], referenced=()) -> dict[str, Any]:
+    """The user's inputs, with the model's default for every parameter not given; a name
+    neither the model nor a dosing modifier reads is an error (a typo would otherwise
+    silently leave the default)."""
+    known = set(model.input_names) | set(referenced)
+    unknown = [k for k in params if k not in known and not k.startswith("__")]
+    if unknown:
+        import difflib
+
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, sorted(known), n=1) or [
+                n for n in known if n.lower() == k.lower()
+            ]
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(
+            f"unknown input{'s' if len(unknown) > 1 else ''} {', '.join(hints)} for model "
+            f"{model.name!r}; it reads: {', '.join(model.input_names)}"
+        )
+    defaults = {p.name: p.value for p in model.parameters}
+    return {**{k: v for k, v in defaults.items() if k not in params}, **params}
 
 
 def _n_devices(n_patients: int, devices: int | None) -> int:

@@ -25,6 +25,8 @@ class Parameter(eqx.Module):
     unit: str = eqx.field(static=True)
     value: float = eqx.field(static=True)
     description: str = eqx.field(static=True, default="")
+    source: str = eqx.field(static=True, default="")
+    bounds: tuple[float, float] = eqx.field(static=True, default=(-float("inf"), float("inf")))
 
 
 class Output(eqx.Module):
@@ -66,8 +68,43 @@ class AbstractModel(eqx.Module):
         """dy/dt at time ``t`` for state ``y``, parameters ``p`` and infusion ``rate``."""
 
     @abc.abstractmethod
-    def observe(self, y: Float[Array, " n"], p: Mapping[str, Array]) -> dict[str, Array]:
-        """Outputs (e.g. concentrations) from the state and parameters."""
+    def observe(self, t: Float[Array, ""], y: Float[Array, " n"], p: Mapping[str, Array]) -> dict[str, Array]:
+        """Outputs (e.g. concentrations) at time ``t`` from the state and parameters."""
+
+    # ---- individual parameters and initial state ----------------------------------------
+    def prepare(self, p: Mapping[str, Array]) -> Mapping[str, Array]:
+        """The parameters the vector field sees, from those the user gives (population
+        values, covariates, random effects). Called once per parameter set, outside the
+        solver loop; ``vector_field``, ``observe``, ``initial_state`` and the closed form
+        receive its result. Default: ``p`` itself."""
+        return p
+
+    @property
+    def derived_names(self) -> tuple[str, ...]:
+        """Names that :meth:`prepare` adds (dosing modifiers may refer to them)."""
+        return ()
+
+    @property
+    def has_initial_state(self) -> bool:
+        """Whether :meth:`initial_state` may be non-zero (a baseline, e.g. a turnover
+        response or a glucose level); False lets the solver skip it."""
+        return False
+
+    def initial_state(self, p: Mapping[str, Array]) -> Float[Array, " n"]:
+        """State at the first record and after a reset (EVID 3/4). Default: zeros."""
+        return jnp.zeros(self.n_state)
+
+    def host_inputs(self, params: Mapping, record_times) -> dict:
+        """Host-side preparation of the user's inputs before compilation (e.g. categorical
+        levels to codes, interpolation helpers for time-varying covariates). ``params``
+        values are scalars, ``(R,)`` per-record arrays or ``(N,)``/``(N, R)`` for a cohort;
+        ``record_times`` is ``(R,)`` or ``(N, R)``. Default: unchanged."""
+        return dict(params)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """Every name the model reads from the user's parameter dict (parameters first)."""
+        return self.parameter_names
 
     # ---- dosing modifiers -------------------------------------------------------------
     @property

@@ -227,7 +227,7 @@ class LinearCompartmentModel(AbstractModel):
     def vector_field(self, t, y, p, rate):
         return self.system_matrix(p) @ y + rate
 
-    def observe(self, y, p):
+    def observe(self, t, y, p):
         c = y[1] if self.oral else y[0]
         _, _, v1 = self._rates(p)
         return {"CP": c / v1}
