@@ -114,7 +114,9 @@ def test_unknown_solver_unknown_param_and_defaults():
         twinrx.simulate(m, {"CL": 1.0, "Vd": 2.0}, ev, times=TIMES)
     # A parameter not given takes the model's default (V = 50 L): C(0) = 100 mg / 50 L.
     ds = twinrx.simulate(m, {"CL": 1.0}, ev, times=[0.0])
-    assert float(np.asarray(ds.CP).ravel()[0]) == pytest.approx(100.0 / float(dict(m.typical_params())["V"]), rel=1e-12)
+    assert float(np.asarray(ds.CP).ravel()[0]) == pytest.approx(
+        100.0 / float(dict(m.typical_params())["V"]), rel=1e-12
+    )
     with pytest.raises(ValueError, match="unknown compartment 'gut'"):
         twinrx.simulate(m, {"CL": 1.0, "V": 1.0}, ev, times=TIMES, lag={"gut": 1.0})
 

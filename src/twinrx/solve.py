@@ -506,7 +506,14 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
 
     # The first step tries the whole first segment; the controller shrinks it from there.
     x0 = jnp.zeros(n) if x_init_rec is None else x_init_rec[0]
-    init = (x0, jnp.zeros(n), t_first, jnp.asarray(-1, jnp.int32), jnp.asarray(Status.SUCCESS), jnp.asarray(jnp.inf))
+    init = (
+        x0,
+        jnp.zeros(n),
+        t_first,
+        jnp.asarray(-1, jnp.int32),
+        jnp.asarray(Status.SUCCESS),
+        jnp.asarray(jnp.inf),
+    )
     (_, _, _, _, code, _), (ys, rs, ts) = jax.lax.scan(body, init, xs)
     code = jnp.maximum(code, jnp.max(ss_code, initial=0))
 

@@ -378,6 +378,22 @@ class Expr:
         for a in node.args:
             self._validate(a, funcs)
 
+    # -- inspection ---------------------------------------------------------------------------
+    @property
+    def tree(self) -> ast.Expression:
+        """The checked syntax tree (read-only use: e.g. a unit checker walks it)."""
+        return self._tree
+
+    def col(self, node: ast.AST) -> int | None:
+        """0-based offset of ``node`` in :attr:`text` (for error messages)."""
+        return self._pos.node(node)
+
+    @staticmethod
+    def function_name(node: ast.Call) -> str:
+        """The function a call node names, as the user wrote it (``if`` restored)."""
+        assert isinstance(node.func, ast.Name)
+        return "if" if node.func.id == _IF else node.func.id
+
     # -- use ----------------------------------------------------------------------------------
     def check(self, known: Iterable[str]) -> None:
         """Raise :class:`ExprError` naming the first (leftmost) symbol not in ``known``."""

@@ -1,11 +1,22 @@
-"""Find a model by name. Built-in closed-form models now; model cards join in models/."""
+"""Find a model by name or path: model cards in ``models/`` (or a user path), and the
+hand-written closed-form models.
+
+Search order for a name: a path to a ``.toml`` card; each directory of the environment
+variable ``TWINRX_MODEL_PATH`` (``os.pathsep``-separated); the library ``models/`` beside
+the package (a source checkout or editable install); then the built-in Python models
+(``LinearCompartmentModel``), which serve when no card of that name exists.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from ._base import AbstractModel
+from .card import CardModel, load_card
 from .linear import LinearCompartmentModel
 
-__all__ = ["BUILTIN_MODELS", "get_model", "list_models"]
+__all__ = ["BUILTIN_MODELS", "get_model", "list_models", "model_dirs"]
 
 BUILTIN_MODELS: dict[str, tuple[int, bool]] = {
     "one_cpt_iv": (1, False),
@@ -17,16 +28,55 @@ BUILTIN_MODELS: dict[str, tuple[int, bool]] = {
 }
 
 
-def get_model(name: str | AbstractModel) -> AbstractModel:
-    """A model instance from a built-in name (or the model itself)."""
+def model_dirs() -> list[Path]:
+    """Directories searched for cards, in order."""
+    dirs = [Path(d) for d in os.environ.get("TWINRX_MODEL_PATH", "").split(os.pathsep) if d]
+    here = Path(__file__).resolve()
+    for up in (here.parents[3] / "models", here.parents[2] / "models"):
+        if up.is_dir():
+            dirs.append(up)
+            break
+    return [d for d in dirs if d.is_dir()]
+
+
+def _card_paths() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in model_dirs():
+        for p in sorted(d.glob("*.toml")):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def get_model(name: str | os.PathLike | AbstractModel) -> AbstractModel:
+    """A model from a card path, a library name, or the model itself."""
     if isinstance(name, AbstractModel):
         return name
-    try:
-        n, oral = BUILTIN_MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; built-in models: {', '.join(BUILTIN_MODELS)}") from None
-    return LinearCompartmentModel(n, oral, name=name)
+    text = os.fspath(name)
+    if text.endswith(".toml") or os.sep in text or "/" in text:
+        return load_card(text)
+    cards = _card_paths()
+    if text in cards:
+        return load_card(cards[text])
+    if text in BUILTIN_MODELS:
+        n, oral = BUILTIN_MODELS[text]
+        return LinearCompartmentModel(n, oral, name=text)
+    import difflib
+
+    known = sorted(set(cards) | set(BUILTIN_MODELS))
+    close = difflib.get_close_matches(text, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(
+        f"unknown model {text!r}.{hint} Library models: {', '.join(known)}; or give the path of a .toml card"
+    )
 
 
 def list_models() -> list[AbstractModel]:
-    return [get_model(n) for n in BUILTIN_MODELS]
+    """Every library model: the cards, then built-ins that no card replaces."""
+    cards = _card_paths()
+    models: list[AbstractModel] = [load_card(p) for p in cards.values()]
+    models += [get_model(n) for n in BUILTIN_MODELS if n not in cards]
+    return models
+
+
+def is_card(model: AbstractModel) -> bool:
+    return isinstance(model, CardModel)
