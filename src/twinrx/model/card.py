@@ -166,8 +166,24 @@ def _same_unit(a, b) -> float | None:
 
 
 def _unit_str(q) -> str:
+    if isinstance(q, _SymPow):
+        return f"({_unit_str(q.base)})^{q.expo}"
     u = f"{q.units:~P}"
     return u if u else "1 (dimensionless)"
+
+
+@dataclasses.dataclass(frozen=True)
+class _SymPow:
+    """A unit raised to a symbolic power, ``base ** expo`` (e.g. ``C^GAMMA`` in a Hill
+    term): it can be added to the same power of the same unit, and a quotient of two of
+    them with the same exponent is the power of the quotient of the bases."""
+
+    base: Any  # a pint Quantity
+    expo: str
+
+    @staticmethod
+    def make(base, expo):
+        return base if base.dimensionless else _SymPow(base, expo)
 
 
 class _UnitChecker:
@@ -202,6 +218,12 @@ class _UnitChecker:
             return b
         if b is None:
             return a
+        if isinstance(a, _SymPow) or isinstance(b, _SymPow):
+            if isinstance(a, _SymPow) and isinstance(b, _SymPow) and a.expo == b.expo:
+                f = _same_unit(a.base, b.base)
+                if f is not None and math.isclose(f, 1.0, rel_tol=1e-9):
+                    return a
+            self._fail(f"{_unit_str(a)} and {_unit_str(b)} cannot be {what}", node)
         f = _same_unit(a, b)
         if f is None or not math.isclose(f, 1.0, rel_tol=1e-9):
             msg = f"{_unit_str(a)} and {_unit_str(b)} cannot be {what}"
@@ -212,7 +234,7 @@ class _UnitChecker:
 
     def check_equal(self, want, got, e: Expr, name: str):
         """Raise unless the inferred unit ``got`` of ``e`` is the declared ``want``."""
-        f = _same_unit(want, got)
+        f = None if isinstance(got, _SymPow) else _same_unit(want, got)
         if f is None or not math.isclose(f, 1.0, rel_tol=1e-9):
             msg = f"the expression has unit {_unit_str(got)}, expected {_unit_str(want)}"
             if f is not None:
@@ -225,7 +247,7 @@ class _UnitChecker:
             )
 
     def _dimensionless(self, a, node, what):
-        if a is not None and not a.dimensionless:
+        if a is not None and (isinstance(a, _SymPow) or not a.dimensionless):
             self._fail(f"the argument of {what} must be dimensionless, not {_unit_str(a)}", node)
 
     def _node(self, node):
@@ -241,10 +263,8 @@ class _UnitChecker:
             a, b = self._node(node.left), self._node(node.right)
             if isinstance(node.op, (ast.Add, ast.Sub)):
                 return self._sum(a, b, node)
-            if isinstance(node.op, ast.Mult):
-                return None if a is None or b is None else a * b
-            if isinstance(node.op, ast.Div):
-                return None if a is None or b is None else a / b
+            if isinstance(node.op, (ast.Mult, ast.Div)):
+                return self._product(a, b, isinstance(node.op, ast.Div))
             if isinstance(node.op, ast.Pow):
                 return self._pow(a, b, node.right, node)
             return None
@@ -265,7 +285,7 @@ class _UnitChecker:
                 self._dimensionless(args[0], node, name)
                 return one
             if name == "sqrt":
-                return None if args[0] is None else args[0] ** 0.5
+                return None if args[0] is None or isinstance(args[0], _SymPow) else args[0] ** 0.5
             if name in ("abs", "floor", "ceil"):
                 return args[0]
             if name == "pow":
@@ -280,16 +300,32 @@ class _UnitChecker:
             return None
         return None
 
+    @staticmethod
+    def _product(a, b, divide):
+        if a is None or b is None:
+            return None
+        sa, sb = isinstance(a, _SymPow), isinstance(b, _SymPow)
+        if not sa and not sb:
+            return a / b if divide else a * b
+        if sa and sb:
+            if a.expo != b.expo:
+                return None
+            return _SymPow.make(a.base / b.base if divide else a.base * b.base, a.expo)
+        sym, other = (a, b) if sa else (b, a)
+        if other.dimensionless:  # a dimensionless factor keeps the symbolic power
+            return sym if (sa or not divide) else None
+        return None
+
     def _pow(self, base, expo, expo_node, node):
         self._dimensionless(expo, node, "an exponent")
         p = _const(expo_node)
         if base is None:
             return None
+        if isinstance(base, _SymPow):
+            return None
         if p is not None:
             return base**p
-        if not base.dimensionless:
-            self._fail(f"{_unit_str(base)} raised to a symbolic power (make the base dimensionless)", node)
-        return base
+        return _SymPow.make(base, ast.unparse(expo_node))
 
 
 def _const(node) -> float | None:

@@ -14,6 +14,7 @@ The syntax is a small subset of Python expressions, with Python's precedence:
 * names: free symbols looked up in the evaluation environment; names starting with ``__`` are
   rejected; ``pi`` is the constant pi (a reserved name, never looked up, not in :attr:`Expr.symbols`);
 * arithmetic: ``+ - * /``, unary ``+ -`` and power, written ``^`` (as pharmacometricians do) or ``**``.
+  A power whose exponent is not a constant integer treats a base <= 0 as 0 (see ``_power``).
   Every ``^`` is rewritten to ``**`` before parsing, so it binds tighter than unary minus and is
   right-associative: ``-2^2 == -4`` and ``2^3^2 == 512``. There is no bitwise xor;
 * comparisons ``< <= > >= == !=`` (chained: ``0 < x < 1`` means ``0 < x and x < 1``), giving booleans;
@@ -132,6 +133,18 @@ def _nary(fn: Callable[[Any, Any], Any]) -> Callable[..., Any]:
     return lambda *xs: functools.reduce(fn, [_bool_to_float(x) for x in xs])
 
 
+def _power(x: Any, y: Any) -> Any:
+    """``x ** y`` (exponent not a constant integer) for the Hill terms of pharmacology,
+    ``C^n``: for positive ``x`` the usual power; a base at or below zero counts as zero (a
+    concentration that a solver's trial step pushes below zero) and carries no derivative.
+    So derivatives stay finite at ``C = 0`` (``d/dn 0^n = 0 * log 0`` would be NaN), and no
+    NaN from a rejected trial step poisons a gradient."""
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    pos = x > 0
+    safe = jnp.power(jnp.where(pos, x, 1.0), y)
+    return jnp.where(pos, safe, jax.lax.stop_gradient(jnp.power(jnp.zeros_like(x), y)))
+
+
 def _where(cond: Any, a: Any, b: Any) -> Any:
     return jnp.where(cond, _bool_to_float(a), _bool_to_float(b))
 
@@ -151,7 +164,7 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int | None]] = {
     "ceil": (_unary(jnp.ceil), 1, 1),
     "expit": (_unary(jss.expit), 1, 1),
     "logit": (_unary(jss.logit), 1, 1),
-    "pow": (_binary(jnp.power), 2, 2),
+    "pow": (_binary(_power), 2, 2),
     "min": (_nary(jnp.minimum), 2, None),
     "max": (_nary(jnp.maximum), 2, None),
     "if": (_where, 3, 3),
@@ -164,7 +177,7 @@ _BINOPS: dict[type[ast.operator], tuple[Callable[[Any, Any], Any], str]] = {
     ast.Sub: (jnp.subtract, "-"),
     ast.Mult: (jnp.multiply, "*"),
     ast.Div: (jnp.true_divide, "/"),
-    ast.Pow: (jnp.power, "^"),
+    ast.Pow: (_power, "^"),
 }
 _CMPOPS: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
     ast.Lt: jnp.less,
