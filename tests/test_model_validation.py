@@ -34,7 +34,9 @@ def test_bergman_reproduces_pacini_bergman_ivgtt():
     assert rmse <= 6.0
     # Insulin enters through the covariate: with insulin held at basal the fit is worse.
     flat = twinrx.simulate(m, {"INS": np.full(len(t), 7.3)}, ev)
-    rmse_flat = float(np.sqrt(np.mean((np.asarray(flat.GLU).ravel()[late] - d.glucose_mgdl.to_numpy(float)[late]) ** 2)))
+    rmse_flat = float(
+        np.sqrt(np.mean((np.asarray(flat.GLU).ravel()[late] - d.glucose_mgdl.to_numpy(float)[late]) ** 2))
+    )
     assert rmse_flat > rmse + 2.0
 
 

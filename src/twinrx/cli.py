@@ -25,12 +25,8 @@ app.add_typer(models_app, name="models")
 def _model_help() -> str:
     from .model.library import list_models
 
-    lines = []
-    for m in list_models():
-        cmts = ", ".join(f"{i + 1}={c}" for i, c in enumerate(m.compartments))
-        params = ", ".join(f"{p.name} [{p.unit}]" for p in m.parameters)
-        lines.append(f"{m.name}: CMT {cmts}; parameters {params}; output CP [mg/L]")
-    return "\n\n".join(lines)
+    names = ", ".join(m.name for m in list_models())
+    return f"Library models: {names}. See twinrx models list and twinrx models show NAME."
 
 
 class UserError(Exception):
@@ -53,7 +49,9 @@ def _cmt_key(k: str):
 
 @app.command()
 def simulate(
-    model: str = typer.Option(..., "--model", "-m", help="Built-in model name (see below)."),
+    model: str = typer.Option(
+        ..., "--model", "-m", help="Library model name or the path of a model card (.toml); see below."
+    ),
     data: Path = typer.Option(..., "--data", "-d", help="NONMEM-style CSV (ID, TIME, EVID, AMT, CMT, ...)."),
     out: Path = typer.Option(..., "--out", "-o", help="OUT.csv (one row per input row) or OUT.zarr."),
     param: list[str] = typer.Option(None, "--param", "-p", help="NAME=VALUE or NAME=COLUMN (time-varying)."),
@@ -120,11 +118,7 @@ def simulate(
             typer.echo(f"patient {pid}: {status_message(int(code))}", err=True)
 
 
-simulate.__doc__ = (
-    (simulate.__doc__ or "")
-    + "\n    Built-in models:\n\n"
-    + "".join(f"    {line}\n\n" for line in _model_help().split("\n\n"))
-)
+simulate.__doc__ = (simulate.__doc__ or "") + "\n    " + _model_help() + "\n"
 
 
 @app.command()
@@ -178,15 +172,117 @@ def demo(
 
 @models_app.command("list")
 def models_list():
-    """Name, kind, compartments and parameters of every built-in model.
+    """Name, kind, compartments and source of every library model (cards in models/,
+    then built-in closed forms that no card replaces).
 
     Example: twinrx models list
     """
+    from .model.card import CardModel
     from .model.library import list_models
 
+    rows = []
     for m in list_models():
-        kind = "closed form + ODE" if m.has_closed_form() else "ODE"
-        typer.echo(f"{m.name:16} {kind:18} {', '.join(m.compartments):36} {', '.join(m.parameter_names)}")
+        if isinstance(m, CardModel):
+            kind = m.card.kind + (" (closed form)" if m.has_closed_form() else "")
+            source = _short_ref(m.card.references[0]) if m.card.references else ""
+        else:
+            kind, source = "pk (closed form, built-in)", "twinrx"
+        rows.append((m.name, kind, _clip(f"{m.n_state}: {', '.join(m.compartments)}", 56), source))
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    typer.echo(f"{'name':{w[0]}}  {'kind':{w[1]}}  {'compartments':{w[2]}}  source")
+    for r in rows:
+        typer.echo(f"{r[0]:{w[0]}}  {r[1]:{w[1]}}  {r[2]:{w[2]}}  {r[3]}")
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _short_ref(ref: str) -> str:
+    """'Hamberg AK, Dahl ML, ... 2007;81...' -> 'Hamberg AK et al. 2007'."""
+    import re
+
+    first = ref.split(",")[0].split(".")[0].strip()
+    year = re.search(r"\b(19|20)\d{2}\b", ref)
+    more = " et al." if ref.count(",") >= 2 else ""
+    return f"{first}{more} {year.group(0)}" if year else _clip(ref, 40)
+
+
+@models_app.command("show")
+def models_show(name: str = typer.Argument(..., help="Library model name or path of a card.")):
+    """Everything a model card says: parameters with values, units, variability and
+    sources; covariates and their effects; compartments; outputs and residual errors.
+
+    Example: twinrx models show warfarin_hamberg_2007
+    """
+    import math
+
+    from .model.card import CardModel
+    from .model.library import get_model
+
+    m = get_model(name)
+    if not isinstance(m, CardModel):
+        typer.echo(f"{m.name}: built-in closed-form model; compartments {', '.join(m.compartments)}")
+        for p in m.parameters:
+            typer.echo(f"  {p.name:8} {p.value:>10g} {p.unit:10} {p.description}")
+        return
+    c = m.card
+    typer.echo(f"{c.name} ({c.kind}; time in {c.time_unit}, amounts in {c.amount_unit})")
+    typer.echo(f"  {c.description}")
+    if c.path:
+        typer.echo(f"  card: {c.path}")
+    typer.echo("\nReferences:")
+    for r in c.references:
+        typer.echo(f"  - {r}")
+    iiv = dict(zip(c.variability.parameters, c.variability.matrix().diagonal()))
+    rows = []
+    for p in c.parameters:
+        if p.name in iiv:
+            w = iiv[p.name]
+            var = f"ω²={w:.3g} (CV {100 * math.sqrt(math.expm1(w)):.0f}%)"
+        else:
+            var = "-"
+        rows.append((p.name, f"{p.value:.6g}", p.unit, var, p.source))
+    typer.echo("\nParameters:")
+    _table(("name", "value", "unit", "variability", "source"), rows)
+    if c.covariates:
+        typer.echo("\nCovariates:")
+        crow = []
+        for cov in c.covariates:
+            ref = cov.levels[int(cov.reference)] if cov.categorical else f"{cov.reference:g}"
+            kind = f"levels {', '.join(cov.levels)}" if cov.categorical else cov.unit
+            crow.append((cov.name, kind, ref, cov.interpolation, cov.description))
+        _table(("name", "unit / levels", "reference", "interpolation", "description"), crow)
+    if c.effects:
+        typer.echo("\nCovariate effects:")
+        for e in c.effects:
+            if e.form == "categorical":
+                cov = next(x for x in c.covariates if x.name == e.covariate)
+                vals = ", ".join(f"{lv} {v:g}" for lv, v in zip(cov.levels, e.values))
+                typer.echo(f"  {e.parameter} × {e.describe()}: {vals}")
+            else:
+                typer.echo(f"  {e.parameter} × {e.describe()}")
+    typer.echo("\nCompartments (NONMEM CMT):")
+    for i, (cm, unit) in enumerate(zip(c.compartments, c.compartment_units)):
+        init = c.initial[i].text if c.initial[i] is not None else "0"
+        typer.echo(f"  {i + 1}  {cm:12} [{unit}]  initial {init}")
+    typer.echo("\nOutputs:")
+    for o, e, err in zip(c.outputs, c.output_exprs, c.errors):
+        typer.echo(f"  {o.name} = {e.text}  [{o.unit}]  error: {err.describe() if err else 'none'}")
+    if c.modifiers:
+        typer.echo("\nDosing:")
+        for kind, cm, _, e in c.modifiers:
+            typer.echo(f"  {kind} of {cm} = {e.text}")
+    solver = "closed form" + (" and ODE" if m.has_ode else "") if m.has_closed_form() else "ODE"
+    typer.echo(f"\nSolved by: {solver}")
+
+
+def _table(header, rows):
+    w = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    w[-1] = 0
+    typer.echo("  " + "  ".join(f"{h:{n}}" for h, n in zip(header, w)).rstrip())
+    for r in rows:
+        typer.echo("  " + "  ".join(f"{str(x):{n}}" for x, n in zip(r, w)).rstrip())
 
 
 def main(argv=None) -> int:

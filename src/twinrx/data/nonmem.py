@@ -280,14 +280,17 @@ def simulate_nonmem(
     data = source if isinstance(source, NonmemData) else read_nonmem(source)
     params = dict(params or {})
     resolved: dict[str, Any] = {}
-    for name in model.parameter_names:
+    # Covariates of a model card may have gaps (NaN): the card fills them by its
+    # interpolation rule. Parameters must be on every record.
+    gaps_ok = {c.name for c in getattr(model, "covariates", ())}
+    for name in model.input_names:
         if name in params:
             resolved[name] = _value_or_column(name, params[name], data)
         elif name.upper() in data.columns[0]:
             resolved[name] = name.upper()
-        else:
+        elif name in model.parameter_names:
             resolved[name] = dict(model.typical_params())[name].item()
-    unknown = set(params) - set(model.parameter_names)
+    unknown = set(params) - set(model.input_names)
     mods: dict[str, dict] = {"lag": {}, "bioav": {}, "rate": {}, "duration": {}}
     for kind, mapping in (("lag", lag), ("bioav", bioav), ("rate", rate), ("duration", duration)):
         for cmt, src in (mapping or {}).items():
@@ -313,7 +316,7 @@ def simulate_nonmem(
         if isinstance(v, str):
             rows = [np.pad(c[v], (0, R - len(c[v])), mode="edge") for c in data.columns]
             arr = np.stack(rows)
-            if np.isnan(arr).any():
+            if np.isnan(arr).any() and name not in gaps_ok:
                 pi, ri = np.argwhere(np.isnan(arr))[0]
                 raise DataError(
                     [
