@@ -71,3 +71,36 @@ def test_models_list(capsys):
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out
     assert "two_cpt_oral" in out and "three_cpt_iv" in out
+
+
+def test_models_list_and_show(capsys):
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "warfarin_hamberg_2007" in out and "bergman_minimal" in out and "Hamberg AK et al. 2007" in out
+    assert main(["models", "show", "vancomycin_goti_2018"]) == 0
+    out = capsys.readouterr().out
+    assert "CRCL" in out and "Goti" in out and "L/h" in out
+    assert main(["models", "show", "vancomycin_goti"]) == 1
+    assert "did you mean 'vancomycin_goti_2018'" in capsys.readouterr().err.lower()
+
+
+def test_simulate_with_a_card_path_and_covariate_column(tmp_path):
+    """A card given by path; its covariate CRCL comes from the data column of that name."""
+    import numpy as np
+
+    from twinrx.model.library import get_model
+
+    card = get_model("vancomycin_goti_2018").card
+    data = tmp_path / "v.csv"
+    data.write_text("ID,TIME,EVID,AMT,CMT,RATE,CRCL\n1,0,1,1000,1,1000,60\n1,12,0,0,1,0,60\n")
+    out = tmp_path / "o.csv"
+    assert main(["simulate", "--model", card.path, "--data", str(data), "--out", str(out)]) == 0
+    df = pd.read_csv(out)
+    # The same patient through the Python API with CRCL = 60 mL/min.
+    ev = __import__("twinrx").EventTable.from_records(
+        [0.0, 12.0], [1, 0], [1000.0, 0.0], [1, 1], rate=[1000.0, 0.0]
+    )
+    ds = __import__("twinrx").simulate(get_model(card.path), {"CRCL": 60.0}, ev)
+    np.testing.assert_allclose(df["CP"].to_numpy(), np.asarray(ds.CP).ravel(), rtol=1e-10)
+    ref = __import__("twinrx").simulate(get_model(card.path), {"CRCL": 120.0}, ev)
+    assert df["CP"].iloc[1] > float(np.asarray(ref.CP).ravel()[1])  # lower clearance, higher trough

@@ -142,7 +142,8 @@ def _power(x: Any, y: Any) -> Any:
     x, y = jnp.asarray(x), jnp.asarray(y)
     pos = x > 0
     safe = jnp.power(jnp.where(pos, x, 1.0), y)
-    return jnp.where(pos, safe, jax.lax.stop_gradient(jnp.power(jnp.zeros_like(x), y)))
+    zero_pow = jnp.where(y > 0, 0.0, jnp.where(y == 0, 1.0, jnp.inf))  # 0^y, without a pow
+    return jnp.where(pos, safe, jax.lax.stop_gradient(zero_pow))
 
 
 def _where(cond: Any, a: Any, b: Any) -> Any:
