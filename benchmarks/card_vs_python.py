@@ -157,8 +157,8 @@ def main():
             np.max(np.abs(np.asarray(out_c) - np.asarray(out_h)) / (np.abs(np.asarray(out_h)) + 1e-9))
         )
         tc, th = _time_pair(
-            lambda: twinrx.simulate_arrays(card, p_card, ev, times, solver=solver)[1],
-            lambda: twinrx.simulate_arrays(hand, p_hand, ev, times, solver=solver)[1],
+            lambda s=solver: twinrx.simulate_arrays(card, p_card, ev, times, solver=s)[1],
+            lambda s=solver: twinrx.simulate_arrays(hand, p_hand, ev, times, solver=s)[1],
             a.repeats,
         )
         results.append(
