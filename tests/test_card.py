@@ -62,6 +62,12 @@ def test_covariate_interpolation_semantics(solver):
     np.testing.assert_allclose(out["nocb"], np.r_[0, np.cumsum(x[1:] * dt)], rtol=1e-8)  # next value back
     np.testing.assert_allclose(out["locf"], np.r_[0, np.cumsum(x[:-1] * dt)], rtol=1e-8)  # last value on
     np.testing.assert_allclose(out["linear"], np.r_[0, np.cumsum(0.5 * (x[1:] + x[:-1]) * dt)], rtol=1e-8)
+    # After the last record every rule holds the last value (5) on.
+    after = np.array([6.0, 8.0, 10.0])
+    for interp in ("nocb", "locf", "linear"):
+        ds = twinrx.simulate(_acc(interp), {"X": x}, ev, times=after, solver=solver, rtol=1e-10, atol=1e-12)
+        end = out[interp][-1]
+        np.testing.assert_allclose(np.asarray(ds.AOUT).ravel(), end + x[-1] * (after - 6.0), rtol=1e-8)
 
 
 def test_missing_covariate_values_are_filled_by_the_rule():
@@ -230,3 +236,19 @@ def test_residual_error_models_against_scipy():
     assert abs(draws.std() / 0.5 - 1) < 0.03 and abs(draws.mean() - 5.0) < 0.02
     with pytest.raises(ValueError, match="combined error model needs additive > 0 and proportional > 0"):
         ResidualError("combined", 0.1)
+
+
+def test_readme_example_card_compiles_and_passes_the_checks():
+    """The complete example of models/README.md is a working card."""
+    import re
+    from pathlib import Path
+
+    from twinrx.testing.cards import run_checks
+
+    readme = (Path(__file__).resolve().parents[1] / "models" / "README.md").read_text()
+    block = re.search(r"```toml\n(.*?)```", readme, re.S).group(1)
+    m = from_text(block, "README example")
+    assert m.has_closed_form() and m.has_ode and m.input_names[:4] == ("CL", "V1", "Q", "V2")
+    assert np.allclose(m.variability.matrix(), [[0.147, 0.05], [0.05, 0.51]])
+    report = run_checks(m)
+    assert all(v == "ok" for v in report.values()), report

@@ -913,7 +913,7 @@ def parse_card(text: str, path: str | None = None) -> ModelCard:
     derived = [derived_by[d] for d in order]
 
     # ---- which names are dynamic (need t, the states or a linear covariate) ----------------
-    dynamic = {"t", *cmts} | {c.name for c in covs if c.interpolation == "linear"}
+    dynamic = {"t", *cmts} | {c.name for c in covs if c.interpolation != "nocb"}
     for e in effects:
         if e.covariate in dynamic:
             dynamic.add(e.parameter)
@@ -1281,6 +1281,9 @@ class CardModel(AbstractModel):
         for cov in c.covariates:
             if cov.interpolation == "linear":
                 env[cov.name] = _interp(t, q, cov.name)
+            elif cov.interpolation == "locf":
+                # Within (t[i-1], t[i]] the value of record i-1; after the last record, its own.
+                env[cov.name] = jnp.where(t > q.get("__trec", -jnp.inf), q[cov.name], q[f"__prev_{cov.name}"])
         for par in c.parameters:
             if par.name in c.dynamic:
                 env[par.name] = self._individual(par.name, env, q)
@@ -1319,27 +1322,26 @@ class CardModel(AbstractModel):
     def host_inputs(self, params: Mapping, record_times) -> dict:
         out = dict(params)
         rt = jnp.asarray(record_times, float)
-        linear = [c for c in self.card.covariates if c.interpolation == "linear"]
+        interpolated = [c for c in self.card.covariates if c.interpolation != "nocb"]
+        for cov in interpolated:  # helpers: the previous record's value (and time)
+            if cov.name not in out:
+                out[f"__prev_{cov.name}"] = cov.reference
+                out[f"__tprev_{cov.name}"] = 0.0
         for cov in self.card.covariates:
             if cov.name not in out:
-                if cov.interpolation == "linear":
-                    out[f"__prev_{cov.name}"] = cov.reference
-                    out[f"__tprev_{cov.name}"] = 0.0
                 continue
             v = cov.encode(out[cov.name])
             per_record = jnp.ndim(v) == rt.ndim and jnp.ndim(v) > 0 and jnp.shape(v)[-1] == rt.shape[-1]
             if per_record:
                 v = _fill_missing(v, np.asarray(rt) if _concrete(rt) else None, cov)
-                if cov.interpolation == "locf":
-                    v = jnp.concatenate([v[..., :1], v[..., :-1]], axis=-1)
-                elif cov.interpolation == "linear":
+                if cov.interpolation != "nocb":
                     out[f"__prev_{cov.name}"] = jnp.concatenate([v[..., :1], v[..., :-1]], axis=-1)
                     out[f"__tprev_{cov.name}"] = jnp.concatenate([rt[..., :1], rt[..., :-1]], axis=-1)
-            elif cov.interpolation == "linear":
+            elif cov.interpolation != "nocb":
                 out[f"__prev_{cov.name}"] = v
                 out[f"__tprev_{cov.name}"] = 0.0
             out[cov.name] = v
-        if linear:
+        if interpolated:
             out["__trec"] = rt
         return out
 

@@ -148,6 +148,8 @@ def check_gradients_finite(m: CardModel):
     fixed = {k: v for k, v in inputs.items() if k not in params}
     params.update({k: jnp.asarray(v, float) for k, v in inputs.items() if k in params})
 
+    times = times[::4]  # 25 outputs are enough to see a NaN or a zero
+
     def loss(p):
         _, outputs, _ = simulate_arrays(m, {**fixed, **p}, ev, times, rtol=1e-8, atol=1e-10)
         return sum(jnp.sum(v) for v in outputs.values())
