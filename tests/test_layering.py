@@ -31,6 +31,7 @@ HEAVY = {
     "zarr": {"store"},
     "dask": {"scale"},
     "pandas": {"data", "testing"},
+    "pint": {"model"},
 }
 
 
