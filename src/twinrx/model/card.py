@@ -1255,7 +1255,9 @@ class CardModel(AbstractModel):
     def prepare(self, p: Mapping[str, Any]) -> dict[str, Any]:
         c = self.card
         dyn = c.dynamic
-        env: dict[str, Any] = {k: v for k, v in p.items() if k.startswith("__")}
+        # Inputs the card does not define pass through: helpers, and parameters that a
+        # simulate-time dosing modifier names (bioav={"depot": "F"}).
+        env: dict[str, Any] = dict(p)
         for cov in c.covariates:
             env[cov.name] = jnp.asarray(p.get(cov.name, cov.reference), float)
         for par in c.parameters:
@@ -1313,6 +1315,12 @@ class CardModel(AbstractModel):
 
     def closed_form_system(self, q):
         return self._linear.closed_form_system(self._structure_params(q))
+
+    def system_matrix(self, p):
+        """The matrix of the closed-form structure for the user's inputs ``p``."""
+        if self._linear is None:
+            raise AttributeError(f"model {self.name!r} has no linear structure")
+        return self._linear.system_matrix(self._structure_params(self.prepare(p)))
 
     def linear_structure(self) -> LinearCompartmentModel | None:
         """The named closed-form structure, if the card declares one."""
