@@ -1272,7 +1272,26 @@ class CardModel(AbstractModel):
                 env[d] = e(env)
         for _, _, mname, e in c.modifiers:
             env[mname] = e(env)
-        return env
+        # Keep what the solver needs: fewer arrays carried through its loops.
+        inputs = set(self.input_names)
+        return {k: v for k, v in env.items() if k in self._needed or k not in inputs}
+
+    @property
+    def _needed(self) -> frozenset[str]:
+        """Names the vector field, outputs, initial state and closed form read from the
+        prepared parameters."""
+        c = self.card
+        exprs = [*c.output_exprs, *(e for e in c.initial if e is not None)]
+        exprs += [e for d, e, _ in c.derived if d in c.dynamic]
+        exprs += list(c.ode or ())
+        names = set().union(*(e.symbols for e in exprs)) if exprs else set()
+        names |= {sym for _, sym in c.structure_map}
+        for par in c.parameters:
+            if par.name in c.dynamic:
+                names |= {f"__pop_{par.name}", f"eta_{par.name}"}
+                names |= {e.covariate for e in c.effects if e.parameter == par.name}
+        names |= {m[2] for m in c.modifiers}
+        return frozenset(names)
 
     def _dynamic_env(self, t, y, q):
         c = self.card
@@ -1335,12 +1354,14 @@ class CardModel(AbstractModel):
             if cov.name not in out:
                 out[f"__prev_{cov.name}"] = cov.reference
                 out[f"__tprev_{cov.name}"] = 0.0
+        any_per_record = False
         for cov in self.card.covariates:
             if cov.name not in out:
                 continue
             v = cov.encode(out[cov.name])
             per_record = jnp.ndim(v) == rt.ndim and jnp.ndim(v) > 0 and jnp.shape(v)[-1] == rt.shape[-1]
             if per_record:
+                any_per_record |= cov.interpolation != "nocb"
                 v = _fill_missing(v, np.asarray(rt) if _concrete(rt) else None, cov)
                 if cov.interpolation != "nocb":
                     out[f"__prev_{cov.name}"] = jnp.concatenate([v[..., :1], v[..., :-1]], axis=-1)
@@ -1350,7 +1371,9 @@ class CardModel(AbstractModel):
                 out[f"__tprev_{cov.name}"] = 0.0
             out[cov.name] = v
         if interpolated:
-            out["__trec"] = rt
+            # Record times only when an interpolated covariate varies; else constants keep
+            # the solver on its fast path (nothing per record).
+            out["__trec"] = rt if any_per_record else -np.inf
         return out
 
     # ---- conveniences ----------------------------------------------------------------
