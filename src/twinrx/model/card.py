@@ -886,21 +886,8 @@ def parse_card(text: str, path: str | None = None) -> ModelCard:
     raw_derived: list[tuple[str, Expr, str]] = []
     for dname, spec in doc.get("derived", {}).items():
         _check_name(dname, src, "derived", "derived quantity")
-        if isinstance(spec, str):
-            spec = {"expr": spec}
-        _unknown_keys(spec, {"expr", "unit", "description"}, src, "derived", f"derived {dname}")
-        if dname in pnames or dname in cov_by or dname in cmts:
-            raise src.error(
-                f"derived {dname} redefines a parameter, covariate or compartment",
-                section="derived",
-                key=dname,
-                symbol=dname,
-            )
-        e = _parse_expr(
-            _str(spec.get("expr"), src, "derived", dname, f"derived {dname}"),
-            src,
-            "derived",
-            f"derived {dname}",
+        spec, e = _named_expr(
+            spec, src, "derived", dname, {"expr", "unit", "description"}, taken=(pnames, cov_by, cmts)
         )
         raw_derived.append((dname, e, str(spec.get("unit", "")) if "unit" in spec else None))
     dnames = [d[0] for d in raw_derived]
@@ -1021,22 +1008,9 @@ def parse_card(text: str, path: str | None = None) -> ModelCard:
     # ---- outputs -----------------------------------------------------------------------
     outputs, out_exprs, errors = [], [], []
     for oname, spec in doc.get("outputs", {}).items():
-        if isinstance(spec, str):
-            spec = {"expr": spec}
-        _unknown_keys(spec, {"expr", "unit", "description", "error"}, src, "outputs", f"output {oname}")
         _check_name(oname, src, "outputs", "output")
-        if oname in cmts or oname in pnames:
-            raise src.error(
-                f"output {oname} has the name of a compartment or parameter",
-                section="outputs",
-                key=oname,
-                symbol=oname,
-            )
-        e = _parse_expr(
-            _str(spec.get("expr"), src, "outputs", oname, f"output {oname}"),
-            src,
-            "outputs",
-            f"output {oname}",
+        spec, e = _named_expr(
+            spec, src, "outputs", oname, {"expr", "unit", "description", "error"}, taken=(pnames, cmts)
         )
         _check_symbols(e, sorted(known_all), src, "outputs", f"output {oname}")
         unit = str(spec.get("unit", ""))
@@ -1127,6 +1101,24 @@ def parse_card(text: str, path: str | None = None) -> ModelCard:
         checks=checks,
         text=text,
     )
+
+
+def _named_expr(spec, src, section, name, allowed, taken):
+    """A ``[derived]`` or ``[outputs]`` entry: ``"text"`` or ``{expr, ...}`` -> (table, Expr);
+    its name must not be one already ``taken`` (parameters, covariates, compartments)."""
+    what = {"derived": "derived", "outputs": "output"}[section]
+    if isinstance(spec, str):
+        spec = {"expr": spec}
+    _unknown_keys(spec, allowed, src, section, f"{what} {name}")
+    if any(name in t for t in taken):
+        raise src.error(
+            f"{what} {name} has the name of a parameter, covariate or compartment",
+            section=section,
+            key=name,
+            symbol=name,
+        )
+    text = _str(spec.get("expr"), src, section, name, f"{what} {name}")
+    return spec, _parse_expr(text, src, section, f"{what} {name}")
 
 
 def _check_name(name, src, section, what):

@@ -13,19 +13,13 @@ import os
 from pathlib import Path
 
 from ._base import AbstractModel
-from .card import CardModel, load_card
+from .card import STRUCTURES, CardModel, load_card
 from .linear import LinearCompartmentModel
 
 __all__ = ["BUILTIN_MODELS", "get_model", "list_models", "model_dirs"]
 
-BUILTIN_MODELS: dict[str, tuple[int, bool]] = {
-    "one_cpt_iv": (1, False),
-    "one_cpt_oral": (1, True),
-    "two_cpt_iv": (2, False),
-    "two_cpt_oral": (2, True),
-    "three_cpt_iv": (3, False),
-    "three_cpt_oral": (3, True),
-}
+# The hand-written closed forms: the structures a card can name.
+BUILTIN_MODELS: dict[str, tuple[int, bool]] = dict(STRUCTURES)
 
 
 def model_dirs() -> list[Path]:
