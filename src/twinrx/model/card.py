@@ -360,9 +360,12 @@ class Covariate:
         """Level names (strings) to codes (0-based level index); numbers pass through."""
         if self.levels is None:
             return value
+        try:  # codes already (numbers, or traced): no per-element work on the host
+            if np.dtype(jnp.result_type(value)).kind in "fiub":
+                return value
+        except TypeError:
+            pass
         arr = np.asarray(value, dtype=object)
-        if arr.dtype == object and arr.size and not any(isinstance(x, str) for x in arr.ravel()):
-            return np.asarray(value, float)
         norm = {_norm_level(lv): i for i, lv in enumerate(self.levels)}
         out = np.empty(arr.shape, float)
         for idx, x in np.ndenumerate(arr):
@@ -1333,10 +1336,6 @@ class CardModel(AbstractModel):
             raise AttributeError(f"model {self.name!r} has no linear structure")
         return self._linear.system_matrix(self._structure_params(self.prepare(p)))
 
-    def linear_structure(self) -> LinearCompartmentModel | None:
-        """The named closed-form structure, if the card declares one."""
-        return self._linear
-
     # ---- host side -------------------------------------------------------------------
     def host_inputs(self, params: Mapping, record_times) -> dict:
         out = dict(params)
@@ -1367,18 +1366,6 @@ class CardModel(AbstractModel):
             # the solver on its fast path (nothing per record).
             out["__trec"] = rt if any_per_record else -np.inf
         return out
-
-    # ---- conveniences ----------------------------------------------------------------
-    def typical_inputs(self) -> dict[str, Any]:
-        """Parameters at their literature values, covariates at their references."""
-        return {
-            **{p.name: p.value for p in self.parameters},
-            **{c.name: c.reference for c in self.covariates},
-        }
-
-    def describe(self) -> str:
-        c = self.card
-        return f"{c.name} ({c.kind}): {c.description}"
 
 
 def _interp(t, q, name):

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from ._base import AbstractModel
-from .card import STRUCTURES, CardModel, load_card
+from .card import STRUCTURES, load_card
 from .linear import LinearCompartmentModel
 
 __all__ = ["BUILTIN_MODELS", "get_model", "list_models", "model_dirs"]
@@ -70,7 +70,3 @@ def list_models() -> list[AbstractModel]:
     models: list[AbstractModel] = [load_card(p) for p in cards.values()]
     models += [get_model(n) for n in BUILTIN_MODELS if n not in cards]
     return models
-
-
-def is_card(model: AbstractModel) -> bool:
-    return isinstance(model, CardModel)
