@@ -182,6 +182,14 @@ def read_nonmem(source: Any) -> NonmemData:
         numeric["EVID"] = np.where(numeric["AMT"] > 0, 1.0, np.where(mdv > 0, 2.0, 0.0))
     if "CMT" not in df.columns:
         numeric["CMT"] = np.ones(n)
+    # rxode2/nlmixr2 "classic" EVIDs (e.g. theo_sd's 101): 100*CMT + 1 is a bolus dose into
+    # compartment CMT. Other classic codes (infusion flags in the 10000s) are left to the
+    # EVID check, which says what NONMEM expects.
+    ev = numeric["EVID"]
+    classic = (ev >= 101) & (ev < 10000) & (np.mod(ev, 100) == 1)
+    if classic.any():
+        numeric["EVID"] = np.where(classic, 1.0, ev)
+        numeric["CMT"] = np.where(classic, np.floor_divide(ev, 100), numeric["CMT"])
     lines = df["__LINE"].to_numpy()
     # Patients are contiguous ID blocks (NONMEM starts a new individual when ID changes).
     starts = np.nonzero(np.r_[True, ids.to_numpy()[1:] != ids.to_numpy()[:-1]])[0]

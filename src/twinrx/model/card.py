@@ -390,13 +390,23 @@ class Effect:
     values: tuple[float, ...] = ()  # categorical: a multiplier per level
     source: str = ""
 
-    def factor(self, x):
+    @property
+    def key(self) -> str:
+        """The name of its coefficient when estimated: ``beta_<PARAM>_<COVARIATE>``."""
+        return f"beta_{self.parameter}_{self.covariate}"
+
+    @property
+    def estimable(self) -> bool:
+        return self.form != "categorical"
+
+    def factor(self, x, coefficient=None):
+        b = self.coefficient if coefficient is None else coefficient
         if self.form == "power":
-            return (x / self.reference) ** self.coefficient
+            return (x / self.reference) ** b
         if self.form == "linear":
-            return 1.0 + self.coefficient * (x - self.reference)
+            return 1.0 + b * (x - self.reference)
         if self.form == "exponential":
-            return jnp.exp(self.coefficient * (x - self.reference))
+            return jnp.exp(b * (x - self.reference))
         table = jnp.asarray(self.values)
         return jnp.take(table, jnp.clip(jnp.round(x), 0, len(self.values) - 1).astype(jnp.int32))
 
@@ -1288,10 +1298,18 @@ class CardModel(AbstractModel):
         v = jnp.asarray(pop, float)
         for e in self.card.effects:
             if e.parameter == name:
-                v = v * e.factor(env[e.covariate])
+                # An estimated coefficient arrives as "__beta_<PARAM>_<COV>" (twinrx.infer).
+                v = v * e.factor(env[e.covariate], p.get(f"__{e.key}"))
         if name in self.card.variability.parameters:
             v = v * jnp.exp(jnp.asarray(p.get(f"eta_{name}", 0.0), float))
         return v
+
+    def individual_values(self, p: Mapping[str, Any]) -> dict[str, Any]:
+        """Each parameter's individual value ``typical x covariate effects x exp(eta)``
+        for the user's inputs ``p`` (population values, covariates, ``eta_<P>``)."""
+        p = {**{par.name: par.value for par in self.card.parameters}, **p}
+        env = {cov.name: jnp.asarray(p.get(cov.name, cov.reference), float) for cov in self.card.covariates}
+        return {par.name: self._individual(par.name, env, p) for par in self.card.parameters}
 
     def prepare(self, p: Mapping[str, Any]) -> dict[str, Any]:
         c = self.card

@@ -18,11 +18,62 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.scipy.stats
 
-__all__ = ["ResidualError", "ERROR_MODELS"]
+__all__ = [
+    "ERROR_MODELS",
+    "ResidualError",
+    "residual_logcdf",
+    "residual_logpdf",
+    "residual_noise",
+    "residual_sd",
+]
 
 ERROR_MODELS = ("additive", "proportional", "combined", "exponential")
 _LOG_2PI = math.log(2.0 * math.pi)
+
+
+# The functions take the magnitudes as arguments (JAX values: estimated in a fit);
+# ResidualError holds fixed ones (a card's values).
+def residual_sd(kind: str, f, additive=0.0, proportional=0.0):
+    """Standard deviation of an observation around prediction ``f`` (on the log scale for
+    ``exponential``)."""
+    f = jnp.asarray(f)
+    if kind in ("additive", "exponential"):
+        return jnp.broadcast_to(jnp.asarray(additive, f.dtype), f.shape)
+    if kind == "proportional":
+        return proportional * jnp.abs(f)
+    return jnp.sqrt(additive**2 + (proportional * f) ** 2)
+
+
+def _standardise(kind, y, f, additive, proportional):
+    """``(z, log sd, log Jacobian)``: the observation on the scale where it is normal."""
+    y, f = jnp.asarray(y), jnp.asarray(f)
+    if kind == "exponential":
+        ly = jnp.log(y)
+        return (ly - jnp.log(f)) / additive, jnp.log(additive) + jnp.zeros_like(ly), -ly
+    s = residual_sd(kind, f, additive, proportional)
+    return (y - f) / s, jnp.log(s), jnp.zeros_like(y)
+
+
+def residual_logpdf(kind: str, y, f, additive=0.0, proportional=0.0):
+    """Log density of observation ``y`` given prediction ``f`` (elementwise)."""
+    z, log_s, log_jac = _standardise(kind, y, f, additive, proportional)
+    return -0.5 * z**2 - log_s - 0.5 * _LOG_2PI + log_jac
+
+
+def residual_logcdf(kind: str, limit, f, additive=0.0, proportional=0.0, *, upper=False):
+    """Log probability that the observation lies below ``limit`` (or above it with
+    ``upper``): the M3 likelihood of a value censored at a quantification limit."""
+    z, _, _ = _standardise(kind, limit, f, additive, proportional)
+    return jax.scipy.stats.norm.logcdf(-z if upper else z)
+
+
+def residual_noise(kind: str, f, eps, additive=0.0, proportional=0.0):
+    """Observations around ``f`` from standard-normal ``eps``."""
+    if kind == "exponential":
+        return f * jnp.exp(additive * eps)
+    return f + residual_sd(kind, f, additive, proportional) * eps
 
 
 class ResidualError(eqx.Module):
@@ -56,31 +107,17 @@ class ResidualError(eqx.Module):
     def sd(self, f):
         """Standard deviation of an observation around prediction ``f`` (log scale for
         ``exponential``)."""
-        f = jnp.asarray(f)
-        if self.kind == "additive" or self.kind == "exponential":
-            return jnp.full_like(f, self.additive)
-        if self.kind == "proportional":
-            return self.proportional * jnp.abs(f)
-        return jnp.sqrt(self.additive**2 + (self.proportional * f) ** 2)
+        return residual_sd(self.kind, f, self.additive, self.proportional)
 
     def log_prob(self, y, f):
         """Log density of observation ``y`` given prediction ``f`` (elementwise)."""
-        y, f = jnp.asarray(y), jnp.asarray(f)
-        if self.kind == "exponential":
-            ly = jnp.log(y)
-            z = (ly - jnp.log(f)) / self.additive
-            return -0.5 * z**2 - math.log(self.additive) - 0.5 * _LOG_2PI - ly
-        s = self.sd(f)
-        z = (y - f) / s
-        return -0.5 * z**2 - jnp.log(s) - 0.5 * _LOG_2PI
+        return residual_logpdf(self.kind, y, f, self.additive, self.proportional)
 
     def sample(self, key: jax.Array, f):
         """Noisy observations around ``f`` (same shape) using the explicit ``key``."""
         f = jnp.asarray(f)
         eps = jax.random.normal(key, f.shape)
-        if self.kind == "exponential":
-            return f * jnp.exp(self.additive * eps)
-        return f + self.sd(f) * eps
+        return residual_noise(self.kind, f, eps, self.additive, self.proportional)
 
     def describe(self) -> str:
         if self.kind == "additive":

@@ -1,0 +1,548 @@
+"""Fitting methods around the one population model: NUTS, MAP, Laplace and SVI; individual
+fits from an earlier population fit; sequential updates.
+
+All methods work in numpyro's unconstrained space. MAP is the mode of the posterior
+density of the parameters as stated (no Jacobian); the Laplace approximation is a normal
+distribution in the unconstrained space around the mode of the density there (with the
+Jacobian), so that its draws, mapped back, respect the constraints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import optimistix as optx
+from jax.flatten_util import ravel_pytree
+from numpyro import handlers
+from numpyro.infer import (
+    MCMC,
+    NUTS,
+    SVI,
+    Predictive,
+    RenyiELBO,
+    Trace_ELBO,
+    autoguide,
+    init_to_median,
+    init_to_value,
+)
+from numpyro.infer.util import constrain_fn, initialize_model, log_density, log_likelihood
+
+from .data import FitData
+from .diagnostics import summarize
+from .model import PopulationModel
+
+__all__ = ["Fit", "fit", "METHODS"]
+
+METHODS = ("nuts", "map", "laplace", "svi")
+
+
+@dataclasses.dataclass
+class Fit:
+    """The result of a fit: draws ``(chain, draw, ...)`` of every site, with what made them.
+
+    ``conditioned`` holds population values that were fixed (an individual fit under an
+    earlier population fit's estimates); ``stats`` holds sampler statistics per draw.
+    """
+
+    pop: PopulationModel
+    data: FitData
+    method: str
+    samples: dict[str, np.ndarray]
+    stats: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    conditioned: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    seed: int = 0
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def model(self):
+        return self.pop.model
+
+    @property
+    def latent(self) -> tuple[str, ...]:
+        """The sampled sites, population first."""
+        sites = [s for s in self.pop.population_sites if s in self.samples and s not in self.conditioned]
+        return (*sites, *(s for s in self.pop.patient_sites if s in self.samples))
+
+    def flat_samples(self) -> dict[str, np.ndarray]:
+        """Draws with chains pooled: ``(chain*draw, ...)``."""
+        return {k: v.reshape(-1, *v.shape[2:]) for k, v in self.samples.items()}
+
+    def point(self, stat: str = "median") -> dict[str, np.ndarray]:
+        """A point estimate of every site (median over draws)."""
+        f = np.median if stat == "median" else np.mean
+        return {k: f(v, axis=0) for k, v in self.flat_samples().items()}
+
+    def summary(self, names=None) -> dict[str, dict[str, np.ndarray]]:
+        """Median, 90 % interval, R-hat and ESS of the population sites and individual values."""
+        if names is None:
+            names = [s for s in self.pop.population_sites if s in self.samples and s != "L_corr"]
+            names += [f"{p}_i" for p in self.model.parameter_names if f"{p}_i" in self.samples]
+        return summarize(self.samples, names)
+
+    def conditioned_model(self):
+        return _conditioned(self.pop, self.conditioned)
+
+    def posterior_predictive(self, *, key: jax.Array, max_draws: int | None = None) -> dict[str, np.ndarray]:
+        """Simulated observations of each output for the posterior draws, ``(chain, draw, N, K)``."""
+        flat = self.flat_samples()
+        latent = {k: flat[k] for k in self.latent}
+        pred = Predictive(
+            self.conditioned_model(), posterior_samples=latent, return_sites=list(self.data.obs)
+        )
+        out = pred(key, self.data)
+        c, d = next(iter(self.samples.values())).shape[:2]
+        return {k: np.asarray(v).reshape(c, d, *v.shape[1:]) for k, v in out.items()}
+
+    def log_likelihood(self) -> dict[str, np.ndarray]:
+        """Pointwise log-likelihood of each output's observations, ``(chain, draw, N, K)``
+        (0 at padding)."""
+        flat = self.flat_samples()
+        latent = {k: flat[k] for k in self.latent}
+        ll = log_likelihood(self.conditioned_model(), latent, self.data)
+        c, d = next(iter(self.samples.values())).shape[:2]
+        return {k: np.asarray(ll[k]).reshape(c, d, *ll[k].shape[1:]) for k in self.data.obs}
+
+
+class _HashableArray:
+    """An array that hashes by value (initial values in a cache key)."""
+
+    def __init__(self, a: np.ndarray):
+        self.a = a
+        self._h = hash((a.shape, a.dtype.str, a.tobytes()))
+
+    def __hash__(self):
+        return self._h
+
+    def __eq__(self, other):
+        return isinstance(other, _HashableArray) and np.array_equal(self.a, other.a)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.a if dtype is None else self.a.astype(dtype)
+
+
+def _conditioned(pop: PopulationModel, values: Mapping[str, Any]):
+    return handlers.condition(pop, data=dict(values)) if values else pop
+
+
+def _to_numpy(tree):
+    return {k: np.asarray(v) for k, v in tree.items()}
+
+
+# --------------------------------------------------------------------------------------
+# NUTS
+# --------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=16)
+def _sampler(pop, chains, warmup, draws, progress, target_accept, max_tree_depth, dense_mass, init_items):
+    """A NUTS sampler whose compiled kernel is reused across calls with data of the same
+    shapes (the data and the held population values are traced model arguments)."""
+    if jax.local_device_count() >= chains > 1:
+        chain_method = "parallel"
+    else:
+        chain_method = "vectorized" if chains > 1 else "sequential"
+
+    def model(data, cond):
+        return handlers.condition(pop, data=cond)(data)
+
+    init = {k: v.a for k, v in init_items} if init_items else None
+    init_strategy = init_to_value(values=init) if init else init_to_median(num_samples=15)
+    kernel = NUTS(
+        model,
+        target_accept_prob=target_accept,
+        init_strategy=init_strategy,
+        max_tree_depth=max_tree_depth,
+        dense_mass=dense_mass,
+    )
+    mcmc = MCMC(
+        kernel,
+        num_warmup=warmup,
+        num_samples=draws,
+        num_chains=chains,
+        chain_method=chain_method,
+        progress_bar=progress,
+        jit_model_args=True,
+    )
+    return mcmc, chain_method
+
+
+def _nuts(
+    pop, cond, data, key, *, chains, warmup, draws, progress, target_accept, init, max_tree_depth, dense_mass
+):
+    init_items = tuple((k, _HashableArray(np.asarray(v))) for k, v in sorted((init or {}).items()))
+    mcmc, chain_method = _sampler(
+        pop, chains, warmup, draws, progress, target_accept, max_tree_depth, dense_mass, init_items
+    )
+    mcmc.run(
+        key,
+        data.anonymous(),
+        {k: jnp.asarray(v) for k, v in cond.items()},
+        extra_fields=(
+            "diverging",
+            "num_steps",
+            "accept_prob",
+            "potential_energy",
+            "energy",
+            "adapt_state.step_size",
+        ),
+    )
+    samples = _to_numpy(mcmc.get_samples(group_by_chain=True))
+    ex = _to_numpy(mcmc.get_extra_fields(group_by_chain=True))
+    stats = {
+        "diverging": ex["diverging"].astype(bool),
+        "n_steps": ex["num_steps"],
+        "tree_depth": np.floor(np.log2(np.maximum(ex["num_steps"], 1))).astype(np.int64) + 1,
+        "acceptance_rate": ex["accept_prob"],
+        "lp": -ex["potential_energy"],
+        "energy": ex["energy"],
+        "step_size": ex["adapt_state.step_size"],
+    }
+    return samples, stats, {"chain_method": chain_method}
+
+
+# --------------------------------------------------------------------------------------
+# Optimisation in the unconstrained space (MAP, Laplace)
+# --------------------------------------------------------------------------------------
+def _setup(fn, data, key, init):
+    strategy = init_to_value(values=init) if init else init_to_median(num_samples=15)
+    info = initialize_model(key, fn, model_args=(data,), init_strategy=strategy, dynamic_args=True)
+    return info.param_info.z, info.potential_fn, info.postprocess_fn
+
+
+def _objectives(fn, u0):
+    """Flat objectives of the unconstrained parameters ``u``: minus the log density of the
+    constrained parameters (MAP) and the potential energy (with the Jacobian; Laplace)."""
+    _, unravel = ravel_pytree(u0)
+
+    def neg_log_joint(x, data):
+        params = constrain_fn(fn, (data,), {}, unravel(x))
+        return -log_density(fn, (data,), {}, params)[0]
+
+    def potential(x, data):
+        from numpyro.infer.util import potential_energy
+
+        return potential_energy(fn, (data,), {}, unravel(x))
+
+    return neg_log_joint, potential, unravel
+
+
+def _minimise(obj, x0, data, max_steps):
+    solver = optx.BFGS(rtol=1e-8, atol=1e-8)
+    sol = optx.minimise(obj, solver, x0, args=data, max_steps=max_steps, throw=False)
+    return sol.value, sol.result == optx.RESULTS.successful, sol.stats["num_steps"]
+
+
+def _optimise(pop, conditioned, data, key, *, laplace, draws, per_patient, init, max_steps):
+    """MAP or Laplace. With ``per_patient`` (no population site is sampled: an individual
+    fit), the posterior factorises over patients and each patient is optimised on its own,
+    all at once under ``vmap``."""
+    k_init, k_draw = jax.random.split(key)
+    if per_patient:
+        t0 = time.perf_counter()
+        out, ok, nsteps, pd = _individual_modes(
+            pop,
+            {k: jnp.asarray(v) for k, v in conditioned.items()},
+            data.anonymous(),
+            k_draw,
+            laplace=laplace,
+            draws=draws,
+            max_steps=max_steps,
+            exact=_exact_hessian(pop),
+        )
+        jax.block_until_ready(out)
+        info = {
+            "converged": np.asarray(ok),
+            "n_iterations": np.asarray(nsteps),
+            "optimise_seconds": time.perf_counter() - t0,
+        }
+        if laplace:
+            info["hessian_pd"] = np.asarray(pd)
+        return {k: np.asarray(v)[None] for k, v in out.items()}, info
+    fn = _conditioned(pop, conditioned)
+    u0, _, post_gen = _setup(fn, data, k_init, init)
+    x0, _ = ravel_pytree(u0)
+    neg_log_joint, potential, unravel = _objectives(fn, u0)
+    obj = potential if laplace else neg_log_joint
+    t0 = time.perf_counter()
+    x, ok, nsteps = jax.jit(lambda x0, d: _minimise(obj, x0, d, max_steps))(x0, data)
+    elapsed = time.perf_counter() - t0
+    info = {"converged": bool(ok), "n_iterations": int(nsteps), "optimise_seconds": elapsed}
+    post = post_gen(data)
+    if laplace:
+        H = _hessian(obj, x, data, _exact_hessian(pop))
+        info["hessian_pd"] = bool(jnp.all(jnp.linalg.eigvalsh(H) > 0))
+        z = jax.random.normal(k_draw, (draws, x.shape[0]))
+        xs = jax.vmap(lambda zz: _mvn_draw(x, H, zz))(z)
+        out = jax.vmap(lambda xx: post(unravel(xx)))(xs)
+        samples = {k: np.asarray(v)[None] for k, v in out.items()}
+    else:
+        samples = {k: np.asarray(v)[None, None] for k, v in post(unravel(x)).items()}
+    return samples, info
+
+
+def _exact_hessian(pop: PopulationModel) -> bool:
+    """Second derivatives by automatic differentiation where the solution is in closed form;
+    through the ODE solver's checkpointed loop, by central differences of the gradient."""
+    method = pop.solver or ("closed_form" if pop.model.has_closed_form() else "ode")
+    return method == "closed_form"
+
+
+def _hessian(obj, x, args, exact):
+    if exact:
+        return jax.hessian(obj)(x, args)
+    g = jax.grad(obj)
+    h = 1e-4 * jnp.maximum(1.0, jnp.abs(x))
+    eye = jnp.eye(x.shape[0])
+    cols = jax.vmap(lambda e, hi: (g(x + hi * e, args) - g(x - hi * e, args)) / (2 * hi))(eye, h)
+    return 0.5 * (cols + cols.T)
+
+
+@functools.partial(jax.jit, static_argnames=("pop", "laplace", "draws", "max_steps", "exact"))
+def _individual_modes(pop, cond, data, key, *, laplace, draws, max_steps, exact):
+    """Each patient's posterior mode of its random effects (population values held at
+    ``cond``), all patients at once under vmap; with ``laplace``, ``draws`` draws from the
+    normal approximation there. The random effects are unconstrained (standard normal
+    ``z_*`` sites), so the mode and the Laplace approximation need no change of variables.
+    Compiled once per population model and data shape: a repeat call costs milliseconds."""
+    fn = handlers.condition(pop, data=cond)
+    names = pop.patient_sites
+
+    def unpack(x):
+        return {n: x[j][None] for j, n in enumerate(names)}
+
+    def obj(x, d1):
+        return -log_density(fn, (d1,), {}, unpack(x))[0]
+
+    def sites(x, d1):
+        tr = handlers.trace(handlers.substitute(handlers.seed(fn, 0), data=unpack(x))).get_trace(d1)
+        return {
+            k: s["value"][0]
+            for k, s in tr.items()
+            if (s["type"] == "deterministic" or k in names) and jnp.ndim(s["value"]) == 1
+        }
+
+    split = jax.tree.map(lambda a: a[:, None], data)  # N patients of one each
+    x0 = jnp.zeros(len(names))
+
+    def solve(d1):
+        x, ok, n = _minimise(obj, x0, d1, max_steps)
+        H = _hessian(obj, x, d1, exact) if laplace else jnp.eye(len(names))
+        return x, ok, n, H
+
+    xs, ok, nsteps, H = jax.vmap(solve)(split)
+    pd = jnp.all(jnp.linalg.eigvalsh(0.5 * (H + jnp.swapaxes(H, -1, -2))) > 0, axis=-1)
+    if laplace:
+        z = jax.random.normal(key, (draws, *xs.shape))
+        xd = jax.vmap(lambda zz: _mvn_draw(xs, H, zz))(z)  # (draws, N, d)
+    else:
+        xd = xs[None]
+    out = jax.vmap(lambda xx: jax.vmap(sites)(xx, split))(xd)  # (draws, N)
+    return out, ok, nsteps, pd
+
+
+def _mvn_draw(x, H, z):
+    """x + L^-T z with H = L L^T: a draw from N(x, H^-1) (batched over leading axes)."""
+    Hs = 0.5 * (H + jnp.swapaxes(H, -1, -2))
+    L = jnp.linalg.cholesky(Hs)
+    return x + jax.scipy.linalg.solve_triangular(jnp.swapaxes(L, -1, -2), z[..., None], lower=False)[..., 0]
+
+
+# --------------------------------------------------------------------------------------
+# SVI
+# --------------------------------------------------------------------------------------
+def _svi(fn, data, key, *, steps, draws, guide, importance, particles, learning_rate, progress, init):
+    strategy = init_to_value(values=init) if init else init_to_median(num_samples=15)
+    if importance and guide != "mvn":
+        raise ValueError("the importance-weighted option needs the full-rank guide (guide='mvn')")
+    if guide == "mvn":
+        g = autoguide.AutoMultivariateNormal(fn, init_loc_fn=strategy)
+    elif guide == "diagonal":
+        g = autoguide.AutoNormal(fn, init_loc_fn=strategy)
+    else:
+        raise ValueError(f"guide must be 'mvn' or 'diagonal', not {guide!r}")
+    loss = (
+        RenyiELBO(alpha=0.0, num_particles=particles) if importance else Trace_ELBO(num_particles=particles)
+    )
+    svi = SVI(fn, g, numpyro.optim.ClippedAdam(step_size=learning_rate), loss)
+    k_run, k_draw, k_is = jax.random.split(key, 3)
+    t0 = time.perf_counter()
+    res = svi.run(k_run, steps, data, progress_bar=progress, stable_update=True)
+    elapsed = time.perf_counter() - t0
+    info: dict[str, Any] = {
+        "elbo_loss_last": float(np.mean(np.asarray(res.losses[-100:]))),
+        "svi_seconds": elapsed,
+        "objective": "iwae" if importance else "elbo",
+    }
+    if importance:
+        # Sampling-importance-resampling of the guide's draws towards the posterior, in the
+        # unconstrained space where the guide lives; the weights' effective sample size
+        # says how far the guide is from the posterior.
+        from numpyro.infer.util import potential_energy
+
+        post = g.get_posterior(res.params)
+        n_prop = 10 * draws
+        zs = post.sample(k_draw, (n_prop,))
+        log_q = post.log_prob(zs)
+        pot = jax.vmap(lambda z: potential_energy(fn, (data,), {}, g._unpack_latent(z)))(zs)
+        lw = jnp.where(jnp.isfinite(pot), -pot - log_q, -jnp.inf)
+        w = jnp.exp(lw - jax.scipy.special.logsumexp(lw))
+        info["importance_ess"] = float(1.0 / jnp.sum(w**2))
+        idx = jax.random.choice(k_is, n_prop, (draws,), p=w)
+        latent = jax.vmap(lambda z: g._unpack_and_constrain(z, res.params))(zs[idx])
+    else:
+        latent = g.sample_posterior(k_draw, res.params, sample_shape=(draws,))
+    det = Predictive(fn, posterior_samples=latent, exclude_deterministic=False)(k_draw, data)
+    out = {**latent, **{k: v for k, v in det.items() if k not in data.obs and k != "solver_ok"}}
+    samples = {k: np.asarray(v)[None] for k, v in out.items()}
+    return samples, info
+
+
+# --------------------------------------------------------------------------------------
+# The entry point
+# --------------------------------------------------------------------------------------
+def fit(
+    model,
+    data: FitData,
+    *,
+    method: str = "nuts",
+    prior=None,
+    seed: int = 0,
+    chains: int = 4,
+    warmup: int = 500,
+    draws: int = 500,
+    progress: bool = False,
+    target_accept: float = 0.8,
+    max_tree_depth: int = 10,
+    dense_mass: bool = False,
+    init: Mapping[str, Any] | None = None,
+    steps: int = 5000,
+    guide: str = "mvn",
+    importance: bool = False,
+    particles: int = 1,
+    learning_rate: float = 0.01,
+    max_steps: int = 500,
+    **options,
+) -> Fit:
+    """Fit ``model`` (a card) to ``data``.
+
+    Parameters
+    ----------
+    method
+        ``"nuts"`` (chains vectorised on one device, parallel on several), ``"map"``,
+        ``"laplace"`` (normal approximation around the mode, ``draws`` draws) or ``"svi"``
+        (variational; see the note below).
+    prior
+        An earlier population :class:`Fit`: its population values (typical values,
+        variabilities, effects, residual errors; posterior medians) are held fixed and only
+        the patients' random effects are estimated: the individual twin of precision dosing.
+        Its model settings (error models, covariance) are used.
+    seed
+        The random seed (explicit; same seed, same result).
+    chains, warmup, draws, target_accept, max_tree_depth, dense_mass
+        NUTS settings.
+    init
+        Initial values by site name (e.g. a previous fit's estimates; a warm start).
+    steps, guide, importance, particles, learning_rate
+        SVI: optimisation steps, ``"mvn"`` (full-rank normal) or ``"diagonal"`` guide, the
+        importance-weighted objective (IWAE, Renyi alpha = 0, with ``particles`` >= 2)
+        followed by sampling-importance-resampling of the guide's draws.
+    max_steps
+        Iterations of the BFGS optimiser (MAP, Laplace).
+    options
+        Model options for :meth:`PopulationModel.build` (``error``, ``priors``, ``fixed``,
+        ``variability``, ``covariance``, ``estimate_effects``, ``solver``, ``rtol``,
+        ``atol``).
+
+    Notes
+    -----
+    SVI with a normal guide is known to underestimate posterior variance, the between-
+    subject variabilities (``omega_*``) most: the ELBO penalises guide mass where the
+    posterior has none, and the funnel between ``omega`` and the random effects is not
+    normal. Use it to explore or to initialise NUTS; ``importance=True`` (IWAE plus
+    resampling, ``info["importance_ess"]`` reports the weights' ESS) reduces the bias.
+    """
+    from ..model.library import get_model
+
+    model = get_model(model)
+    method = method.lower()
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    conditioned: dict[str, np.ndarray] = {}
+    if prior is not None:
+        pop = PopulationModel.from_settings(model, prior.pop.settings())
+        pop = dataclasses.replace(pop, errors=tuple((o, s) for o, s in prior.pop.errors if o in data.obs))
+        conditioned = population_estimates(prior)
+    else:
+        pop = PopulationModel.build(model, data, **options)
+    fn = _conditioned(pop, conditioned)
+    key = jax.random.key(seed)
+    t0 = time.perf_counter()
+    stats: dict[str, np.ndarray] = {}
+    if method == "nuts":
+        samples, stats, info = _nuts(
+            pop,
+            conditioned,
+            data,
+            key,
+            chains=chains,
+            warmup=warmup,
+            draws=draws,
+            progress=progress,
+            target_accept=target_accept,
+            init=init,
+            max_tree_depth=max_tree_depth,
+            dense_mass=dense_mass,
+        )
+    elif method in ("map", "laplace"):
+        per_patient = prior is not None and not any(s not in conditioned for s in pop.population_sites)
+        samples, info = _optimise(
+            pop,
+            conditioned,
+            data,
+            key,
+            laplace=method == "laplace",
+            draws=draws,
+            per_patient=per_patient and init is None,
+            init=init,
+            max_steps=max_steps,
+        )
+    else:
+        samples, info = _svi(
+            fn,
+            data,
+            key,
+            steps=steps,
+            draws=draws,
+            guide=guide,
+            importance=importance,
+            particles=max(particles, 2) if importance else particles,
+            learning_rate=learning_rate,
+            progress=progress,
+            init=init,
+        )
+    samples.pop("solver_ok", None)
+    info["seconds"] = time.perf_counter() - t0
+    return Fit(pop, data, method, samples, stats, conditioned, seed, info)
+
+
+def population_estimates(prior: Fit) -> dict[str, np.ndarray]:
+    """Posterior medians of an earlier fit's population sites (and the values it held
+    fixed itself); a correlation Cholesky factor is rebuilt from the mean correlation."""
+    out = dict(prior.conditioned)
+    flat = prior.flat_samples()
+    for s in prior.pop.population_sites:
+        if s in out or s not in flat:
+            continue
+        if s == "L_corr":
+            L = flat[s]
+            C = np.mean(L @ np.swapaxes(L, -1, -2), axis=0)
+            out[s] = np.linalg.cholesky(C)
+        else:
+            out[s] = np.median(flat[s], axis=0)
+    return out
