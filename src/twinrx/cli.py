@@ -10,6 +10,7 @@ import sys
 import traceback
 from pathlib import Path
 
+import numpy as np
 import typer
 
 app = typer.Typer(
@@ -244,6 +245,150 @@ def ingest(
             typer.echo(f"  ... and {len(cohort.skipped) - 20} more (see the store's 'skipped' attribute)")
     if linkage is not None:
         typer.echo(f"linkage written to {linkage} (keep it apart from the store)")
+
+
+def _load_fit_data(model, data: Path, dvid, dv_unit, unit):
+    """A Cohort from a NONMEM CSV or a PATIENTS.zarr store (twinrx ingest)."""
+    from .infer import nonmem_cohort
+
+    if not data.exists():
+        raise FileNotFoundError(f"no data at {data}")
+    if data.suffix == ".zarr" or data.is_dir():
+        from .store import read_patients
+
+        return read_patients(data)
+    dv = {k: (None if v.lower() in ("none", "-", "") else v) for k, v in _parse_pairs(dvid, "dvid").items()}
+    return nonmem_cohort(model, data, dvid=dv, dv_unit=dv_unit, covariate_units=_parse_pairs(unit, "unit"))
+
+
+def _print_fit(f, out: Path) -> None:
+    summ = f.summary()
+    rows = []
+    for name, st in summ.items():
+        med = np.atleast_1d(st["median"])
+        if med.size > 1:
+            continue  # individual values: in the store's diagnostics group
+        cells = [
+            name,
+            _fmt(float(med[0])),
+            f"{_fmt(float(np.atleast_1d(st['q05'])[0]))} - {_fmt(float(np.atleast_1d(st['q95'])[0]))}",
+        ]
+        for k in ("r_hat", "ess_bulk", "ess_tail"):
+            v = float(np.atleast_1d(st[k])[0])
+            cells.append("-" if not np.isfinite(v) else (f"{v:.3f}" if k == "r_hat" else f"{v:.0f}"))
+        rows.append(cells)
+    if rows:
+        typer.echo(f"{f.method} fit of {f.model.name} to {f.data.n_patients} patient(s):")
+        _table(["parameter", "median", "90% interval", "R-hat", "ESS bulk", "ESS tail"], rows)
+    ind = [k for k in summ if np.atleast_1d(summ[k]["median"]).size > 1]
+    if ind and f.data.n_patients <= 20:
+        typer.echo("individual values (median):")
+        hdr = ["patient", *ind]
+        body = [[pid, *(_fmt(float(summ[k]["median"][i])) for k in ind)] for i, pid in enumerate(f.data.ids)]
+        _table(hdr, body)
+    if f.stats.get("diverging") is not None:
+        n = int(np.sum(f.stats["diverging"]))
+        typer.echo(f"divergences: {n}" + ("  (raise --target-accept, or reparameterise)" if n else ""))
+    rhat = [float(np.nanmax(st["r_hat"])) for st in summ.values() if np.size(st["r_hat"])]
+    if rhat and np.nanmax(rhat) > 1.01:
+        typer.echo(
+            f"warning: R-hat up to {np.nanmax(rhat):.3f} > 1.01: run longer chains (--warmup, --draws)"
+        )
+    typer.echo(f"written to {out} ({f.info.get('seconds', 0):.1f} s)")
+
+
+@app.command()
+def fit(
+    model: str = typer.Option(..., "--model", "-m", help="Model card: library name or path."),
+    data: Path = typer.Option(..., "--data", "-d", help="NONMEM CSV, or PATIENTS.zarr from `twinrx ingest`."),
+    out: Path = typer.Option(..., "--out", "-o", help="FIT.zarr to write (ArviZ layout)."),
+    method: str = typer.Option("nuts", "--method", help="nuts | map | laplace | svi"),
+    prior: Path = typer.Option(
+        None, "--prior", help="POPFIT.zarr: fit these patients individually under its population values."
+    ),
+    chains: int = typer.Option(4, "--chains"),
+    warmup: int = typer.Option(500, "--warmup"),
+    draws: int = typer.Option(500, "--draws"),
+    seed: int = typer.Option(0, "--seed"),
+    error: list[str] = typer.Option(
+        None, "--error", help="OUTPUT=additive|proportional|combined|exponential."
+    ),
+    fixed: list[str] = typer.Option(None, "--fixed", help="PARAM=VALUE held fixed (e.g. KA=1.5)."),
+    covariance: str = typer.Option(None, "--covariance", help="diagonal | full (LKJ prior)."),
+    estimate_effects: bool = typer.Option(
+        False, "--estimate-effects", help="Estimate the card's covariate effects."
+    ),
+    dvid: list[str] = typer.Option(None, "--dvid", help="CSV: DVID=OUTPUT (cp=CP), DVID=none to leave out."),
+    dv_unit: str = typer.Option(None, "--dv-unit", help="CSV: unit of DV (default: the output's)."),
+    unit: list[str] = typer.Option(None, "--unit", help="CSV: COLUMN=UNIT of a covariate (WT=kg)."),
+    target_accept: float = typer.Option(0.8, "--target-accept"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar (NUTS, SVI)."),
+):
+    """Fit a model card to patients' data with numpyro and write the posterior (ArviZ groups
+    in Zarr); prints median, 90% interval, R-hat and ESS per parameter.
+
+    Example: twinrx fit --model one_cpt_oral --data theo_sd.csv --error CP=additive --out pop.zarr
+    """
+    from .infer import fit as run_fit
+    from .infer import from_datatree, to_datatree
+    from .model import get_model
+    from .store import read_fit, write_fit
+
+    m = get_model(model)
+    cohort = _load_fit_data(m, data, dvid, dv_unit, unit)
+    options = {}
+    if prior is None:
+        options = {
+            "error": _parse_pairs(error, "error") or None,
+            "fixed": {k: float(v) for k, v in _parse_pairs(fixed, "fixed").items()} or None,
+            "covariance": covariance,
+            "estimate_effects": estimate_effects,
+        }
+    else:
+        options["prior"] = from_datatree(read_fit(prior))
+    f = run_fit(
+        m,
+        cohort,
+        method=method,
+        seed=seed,
+        chains=chains,
+        warmup=warmup,
+        draws=draws,
+        target_accept=target_accept,
+        progress=progress,
+        **options,
+    )
+    write_fit(to_datatree(f), out)
+    _print_fit(f, out)
+
+
+@app.command()
+def update(
+    fit_store: Path = typer.Argument(..., help="FIT.zarr written by `twinrx fit` (or update)."),
+    data: Path = typer.Option(..., "--data", "-d", help="New records: NONMEM CSV or PATIENTS.zarr."),
+    out: Path = typer.Option(..., "--out", "-o", help="FIT2.zarr to write."),
+    seed: int = typer.Option(None, "--seed", help="Default: the previous seed + 1."),
+    warmup: int = typer.Option(None, "--warmup", help="NUTS warm-up (default: half the previous)."),
+    dvid: list[str] = typer.Option(None, "--dvid", help="CSV: DVID=OUTPUT."),
+    dv_unit: str = typer.Option(None, "--dv-unit", help="CSV: unit of DV."),
+    unit: list[str] = typer.Option(None, "--unit", help="CSV: COLUMN=UNIT of a covariate."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Add new levels, doses or wearable data to a fit's patients and refit, warm-started at
+    the previous posterior (same model, settings, method and population values).
+
+    Example: twinrx update twin.zarr --data new_levels.csv --out twin2.zarr
+    """
+    from .infer import from_datatree, to_datatree
+    from .infer import update as run_update
+    from .store import read_fit, write_fit
+
+    prev = from_datatree(read_fit(fit_store))
+    new = _load_fit_data(prev.model, data, dvid, dv_unit, unit)
+    kw = {"progress": progress} if prev.method in ("nuts", "svi") else {}
+    f = run_update(prev, new, seed=seed, warmup=warmup, **kw)
+    write_fit(to_datatree(f), out)
+    _print_fit(f, out)
 
 
 @app.command()

@@ -20,7 +20,7 @@ from ..data.patient import Cohort, Patient
 from ..events import DataError, EventTable, Problem, stack_tables
 from ..units import UnitError, conversion
 
-__all__ = ["FitData", "Observations"]
+__all__ = ["FitData", "Observations", "merge_cohorts", "nonmem_cohort"]
 
 
 class Observations(eqx.Module):
@@ -246,66 +246,78 @@ class FitData(eqx.Module):
         """Fitting data from a NONMEM data set (path, file or DataFrame).
 
         ``dvid`` maps DVID values to model outputs (default: the output of the same name,
-        case ignored, else the DVID-th output); DV is in the output's unit unless
+        case ignored, else the DVID-th output; None leaves those observations out); DV is in the output's unit unless
         ``dv_unit`` says otherwise. Censoring by BLQ/CENS and LLOQ columns (M3).
         """
-        from ..data.ingest import ingest
-        from ..data.nonmem import read_nonmem, read_nonmem_extract
-
-        data = read_nonmem(source)
-        fitted = _fitted_outputs(model) or model.output_names
-        out_unit = {o.name: o.unit for o in model.outputs}
-        labels = []
-        if "DVID" in data.frame.columns and len(data):
-            evid = np.concatenate([c["EVID"] for c in data.columns])
-            mdv = np.concatenate([c.get("MDV", np.zeros(len(c["EVID"]))) for c in data.columns])
-            dv_ids = data.frame["DVID"].astype(str).str.strip().to_numpy()
-            labels = list(dict.fromkeys(dv_ids[(evid == 0) & (np.nan_to_num(mdv) == 0)].tolist()))
-        mapping: dict[str, tuple[str, str]] = {}
-        given = {str(k): v for k, v in (dvid or {}).items()}
-        upper = {o.upper(): o for o in model.output_names}
-        for lab in labels:
-            if lab in given:
-                o = given[lab]
-            elif lab.upper() in upper:
-                o = upper[lab.upper()]
-            elif lab.isdigit() and 1 <= int(lab) <= len(fitted) and len(labels) > 1:
-                o = fitted[int(lab) - 1]
-            elif len(labels) == 1 and len(fitted) == 1:
-                o = fitted[0]
-            else:
-                raise DataError(
-                    [
-                        Problem(
-                            "-",
-                            None,
-                            "DVID",
-                            f"DVID {lab!r} does not name an output of model {model.name!r} "
-                            f"({', '.join(model.output_names)})",
-                            f"map it: dvid={{{lab!r}: OUTPUT}} (CLI: --dvid {lab}=OUTPUT)",
-                        )
-                    ]
-                )
-            if o not in model.output_names:
-                raise ValueError(f"DVID {lab!r} is mapped to {o!r}, which is not an output of {model.name!r}")
-            mapping[lab] = (o, dv_unit or out_unit[o])
-        single = fitted[0] if len(fitted) == 1 else None
-        if not labels and single is None:
-            raise DataError(
-                f"model {model.name!r} has several outputs ({', '.join(fitted)}); the data set needs a "
-                "DVID column saying which one each observation is"
-            )
-        ex = read_nonmem_extract(
-            data,
-            drug=single or "DV",
-            dv_unit=dv_unit or (out_unit[single] if single else "1"),
-            units=covariate_units,
-            dvid=mapping or None,
+        return cls.from_cohort(
+            model,
+            nonmem_cohort(model, source, dvid=dvid, dv_unit=dv_unit, covariate_units=covariate_units),
+            covariates=covariates,
         )
-        # The drug name is not a known quantity (it is the output's name), so values stay in
-        # DV's unit and the series carry the output names.
-        cohort = ingest(ex, keep_ids=True, derive=False)
-        return cls.from_cohort(model, cohort, covariates=covariates)
+
+
+def nonmem_cohort(model, source, *, dvid=None, dv_unit=None, covariate_units=None) -> Cohort:
+    """A NONMEM data set as a Cohort whose observation series are named by the model's
+    outputs (see :meth:`FitData.from_nonmem`). NONMEM ids are kept (study ids)."""
+    from ..data.ingest import ingest
+    from ..data.nonmem import read_nonmem, read_nonmem_extract
+
+    data = read_nonmem(source)
+    fitted = _fitted_outputs(model) or model.output_names
+    out_unit = {o.name: o.unit for o in model.outputs}
+    labels = []
+    if "DVID" in data.frame.columns and len(data):
+        evid = np.concatenate([c["EVID"] for c in data.columns])
+        mdv = np.concatenate([c.get("MDV", np.zeros(len(c["EVID"]))) for c in data.columns])
+        dv_ids = data.frame["DVID"].astype(str).str.strip().to_numpy()
+        labels = list(dict.fromkeys(dv_ids[(evid == 0) & (np.nan_to_num(mdv) == 0)].tolist()))
+    mapping: dict[str, tuple[str, str]] = {}
+    given = {str(k): v for k, v in (dvid or {}).items()}
+    upper = {o.upper(): o for o in model.output_names}
+    for lab in labels:
+        if lab in given and given[lab] in (None, "", "-"):  # observations not fitted
+            mapping[lab] = (f"unused_{lab}", "1")
+            continue
+        if lab in given:
+            o = given[lab]
+        elif lab.upper() in upper:
+            o = upper[lab.upper()]
+        elif lab.isdigit() and 1 <= int(lab) <= len(fitted) and len(labels) > 1:
+            o = fitted[int(lab) - 1]
+        elif len(labels) == 1 and len(fitted) == 1:
+            o = fitted[0]
+        else:
+            raise DataError(
+                [
+                    Problem(
+                        "-",
+                        None,
+                        "DVID",
+                        f"DVID {lab!r} does not name an output of model {model.name!r} "
+                        f"({', '.join(model.output_names)})",
+                        f"map it: dvid={{{lab!r}: OUTPUT}} (CLI: --dvid {lab}=OUTPUT)",
+                    )
+                ]
+            )
+        if o not in model.output_names:
+            raise ValueError(f"DVID {lab!r} is mapped to {o!r}, which is not an output of {model.name!r}")
+        mapping[lab] = (o, dv_unit or out_unit[o])
+    single = fitted[0] if len(fitted) == 1 else None
+    if not labels and single is None:
+        raise DataError(
+            f"model {model.name!r} has several outputs ({', '.join(fitted)}); the data set needs a "
+            "DVID column saying which one each observation is"
+        )
+    ex = read_nonmem_extract(
+        data,
+        drug=single or "DV",
+        dv_unit=dv_unit or (out_unit[single] if single else "1"),
+        units=covariate_units,
+        dvid=mapping or None,
+    )
+    # The drug name is not a known quantity (it is the output's name), so values stay in
+    # DV's unit and the series carry the output names.
+    return ingest(ex, keep_ids=True, derive=False)
 
 
 def _fitted_outputs(model) -> tuple[str, ...]:
@@ -327,3 +339,59 @@ def _series_for(p: Patient, output: str, name: str | None, only_output: bool):
         if len(levels) == 1:
             return levels[0]
     return None
+
+
+def merge_cohorts(old: Cohort, new: Cohort) -> Cohort:
+    """``old`` with the records of ``new`` added (sequential updating): per patient id,
+    series are joined (a record present in both, same time and value, counts once), doses
+    likewise, covariates of ``new`` replace those of ``old``; new patients are appended."""
+    import dataclasses
+
+    from ..data.patient import Dosing, Series
+
+    def join_series(a: Series, b: Series) -> Series:
+        if a.unit != b.unit:
+            raise DataError(
+                f"series {a.name} is in {a.unit!r} in the fit but {b.unit!r} in the new data; "
+                "give the new data in the same unit"
+            )
+        t = np.concatenate([a.time, b.time])
+        v = np.concatenate([a.value, b.value])
+        c = np.concatenate([a.censored, b.censored])
+        lq = np.concatenate([a.lloq, b.lloq])
+        _, keep = np.unique(np.stack([t, v, c.astype(float)]), axis=1, return_index=True)
+        keep = np.sort(keep)
+        return Series(a.name, a.unit, t[keep], v[keep], c[keep], lq[keep], kind=a.kind, source=a.source)
+
+    def join_doses(a: Dosing, b: Dosing) -> Dosing:
+        both = Dosing.concat([a, b])
+        if not len(both):
+            return both
+        cols = both.columns()
+        rows = list(zip(*(np.asarray(cols[k]).tolist() for k in cols)))
+        keep = sorted({r: i for i, r in reversed(list(enumerate(rows)))}.values())
+        return Dosing(**{k: np.asarray(v)[keep] for k, v in cols.items()}, unit=both.unit)
+
+    by_id = {p.id: p for p in old}
+    out = []
+    for p in new:
+        if p.id not in by_id:
+            out.append(p)
+            continue
+        q = by_id.pop(p.id)
+        series = dict(q.series)
+        for k, s in p.series.items():
+            series[k] = join_series(series[k], s) if k in series else s
+        out.append(
+            dataclasses.replace(
+                q,
+                covariates={**q.covariates, **p.covariates},
+                series=series,
+                dosing=join_doses(q.dosing, p.dosing),
+                phenotypes={**q.phenotypes, **p.phenotypes},
+            )
+        )
+    kept = [by_id[p.id] if p.id in by_id else None for p in old]
+    merged = {p.id: p for p in out}
+    ordered = [merged.pop(p.id) if p.id in merged else k for p, k in zip(old, kept)]
+    return Cohort(tuple(x for x in ordered if x is not None) + tuple(merged.values()), old.skipped)

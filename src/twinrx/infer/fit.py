@@ -39,7 +39,7 @@ from .data import FitData
 from .diagnostics import summarize
 from .model import PopulationModel
 
-__all__ = ["Fit", "fit", "METHODS"]
+__all__ = ["Fit", "fit", "update", "population_estimates", "METHODS"]
 
 METHODS = ("nuts", "map", "laplace", "svi")
 
@@ -60,6 +60,8 @@ class Fit:
     conditioned: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     seed: int = 0
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    cohort: Any = None  # the patients the data came from (needed by update)
+    data_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def model(self):
@@ -408,7 +410,7 @@ def _svi(fn, data, key, *, steps, draws, guide, importance, particles, learning_
 # --------------------------------------------------------------------------------------
 def fit(
     model,
-    data: FitData,
+    data,
     *,
     method: str = "nuts",
     prior=None,
@@ -467,9 +469,17 @@ def fit(
     normal. Use it to explore or to initialise NUTS; ``importance=True`` (IWAE plus
     resampling, ``info["importance_ess"]`` reports the weights' ESS) reduces the bias.
     """
+    from ..data.patient import Cohort
     from ..model.library import get_model
 
     model = get_model(model)
+    data_options = {k: options.pop(k) for k in ("outputs", "routes", "covariates") if k in options}
+    cohort = None
+    if isinstance(data, Cohort):
+        cohort = data
+        data = FitData.from_cohort(model, cohort, **data_options)
+    elif not isinstance(data, FitData):
+        raise TypeError(f"data must be a FitData or a twinrx.data.Cohort, not {type(data).__name__}")
     method = method.lower()
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
@@ -528,7 +538,77 @@ def fit(
         )
     samples.pop("solver_ok", None)
     info["seconds"] = time.perf_counter() - t0
-    return Fit(pop, data, method, samples, stats, conditioned, seed, info)
+    if method == "nuts":
+        info.update(warmup=warmup, draws=draws, chains=chains)
+    return Fit(pop, data, method, samples, stats, conditioned, seed, info, cohort, data_options)
+
+
+def update(previous: Fit, new, *, seed: int | None = None, warmup: int | None = None, **kwargs) -> Fit:
+    """Refit with new records (levels, doses, wearable series) added to the previous fit's
+    patients: the same model, settings, method and (for an individual fit) the same
+    population values; warm-started at the previous posterior medians, with a shorter
+    NUTS warm-up. ``new`` is a :class:`~twinrx.data.Cohort` (e.g. from a NONMEM CSV with
+    :func:`~twinrx.infer.data.nonmem_cohort`); the result is the posterior given ALL data."""
+    from .data import merge_cohorts
+
+    if previous.cohort is None:
+        raise ValueError(
+            "this fit does not keep its patients (it was given FitData arrays); fit a Cohort, "
+            "or refit with all the data"
+        )
+    cohort = merge_cohorts(previous.cohort, new)
+    point = previous.point()
+    init = {k: point[k] for k in previous.latent if k in point}
+    same = len(cohort) == len(previous.cohort) and list(cohort.ids) == list(previous.cohort.ids)
+    if not same:  # new patients: their random effects start at zero
+        init = {k: v for k, v in init.items() if k not in previous.pop.patient_sites}
+    method = kwargs.pop("method", previous.method)
+    opts = dict(
+        method=method,
+        seed=previous.seed + 1 if seed is None else seed,
+        init=init or None,
+        **kwargs,
+    )
+    if method == "nuts":
+        chains, draws = next(iter(previous.samples.values())).shape[:2]
+        opts.setdefault("chains", chains)
+        opts.setdefault("draws", draws)
+        opts["warmup"] = warmup if warmup is not None else max(100, previous.info.get("warmup", 500) // 2)
+    if method in ("map", "laplace") and previous.conditioned:
+        opts.pop("init")  # per-patient modes start from zero; they are cheap
+    new_pop = _Prior(previous) if previous.conditioned else None
+    if new_pop is None:
+        return _refit(previous, cohort, opts)
+    return fit(previous.model, cohort, prior=new_pop, **previous.data_options, **opts)
+
+
+class _Prior:
+    """An earlier fit's population values, as the ``prior`` of an individual refit."""
+
+    def __init__(self, previous: Fit):
+        self.pop = previous.pop
+        self.conditioned = dict(previous.conditioned)
+        self.samples: dict[str, np.ndarray] = {}
+
+    def flat_samples(self):
+        return {}
+
+
+def _refit(previous: Fit, cohort, opts) -> Fit:
+    settings = previous.pop.settings()
+    options = {
+        "error": {o: s["kind"] for o, s in settings["errors"].items()},
+        "fixed": settings["fixed"],
+        "variability": tuple(settings["variability"]),
+        "covariance": settings["covariance"],
+        "estimate_effects": tuple(settings["estimate_effects"]),
+        "priors": dict(previous.pop.priors),
+        "prior_scale": settings["prior_scale"],
+        "solver": settings["solver"],
+        "rtol": settings["rtol"],
+        "atol": settings["atol"],
+    }
+    return fit(previous.model, cohort, **previous.data_options, **options, **opts)
 
 
 def population_estimates(prior: Fit) -> dict[str, np.ndarray]:
