@@ -141,10 +141,10 @@ def _to_numpy(tree):
 # --------------------------------------------------------------------------------------
 # NUTS
 # --------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=16)
 def _sampler(pop, chains, warmup, draws, progress, target_accept, max_tree_depth, dense_mass, init_items):
-    """A NUTS sampler whose compiled kernel is reused across calls with data of the same
-    shapes (the data and the held population values are traced model arguments)."""
+    """A NUTS sampler; the data and the held population values are model arguments.
+    (A sampler object is not reused across calls: numpyro's vectorised chains fail when a
+    finished sampler is run again on data of another shape.)"""
     if jax.local_device_count() >= chains > 1:
         chain_method = "parallel"
     else:
@@ -574,8 +574,10 @@ def update(previous: Fit, new, *, seed: int | None = None, warmup: int | None = 
         opts.setdefault("chains", chains)
         opts.setdefault("draws", draws)
         opts["warmup"] = warmup if warmup is not None else max(100, previous.info.get("warmup", 500) // 2)
-    if method in ("map", "laplace") and previous.conditioned:
-        opts.pop("init")  # per-patient modes start from zero; they are cheap
+    if previous.conditioned:
+        # Individual fits start their random effects at zero: per-patient modes are cheap,
+        # and NUTS adapts in the shortened warm-up.
+        opts.pop("init")
     new_pop = _Prior(previous) if previous.conditioned else None
     if new_pop is None:
         return _refit(previous, cohort, opts)

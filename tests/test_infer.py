@@ -1,0 +1,252 @@
+"""Bayesian fitting: likelihood pieces against scipy, diagnostics against arviz-stats, MAP
+against scipy's optimiser, Laplace against the exact Gaussian posterior, the ArviZ store
+against arviz_base, and sequential updating against a fit on all the data."""
+
+import numpy as np
+import pytest
+import scipy.optimize
+import scipy.stats as st
+
+import twinrx
+from twinrx.data.patient import Cohort, Dosing, Patient, Series
+from twinrx.infer import (
+    FitData,
+    PopulationModel,
+    ess_bulk,
+    ess_tail,
+    fit,
+    from_datatree,
+    merge_cohorts,
+    rhat,
+    to_datatree,
+    update,
+)
+from twinrx.infer.model import Observation, default_prior
+from twinrx.model.residual import residual_logcdf, residual_logpdf
+
+# ------------------------------------------------------------------ likelihood pieces
+
+
+@pytest.mark.parametrize(
+    "kind,a,b",
+    [("additive", 0.3, 0.0), ("proportional", 0.0, 0.2), ("combined", 0.1, 0.15), ("exponential", 0.25, 0.0)],
+)
+def test_residual_densities_match_scipy(kind, a, b):
+    y, f, lim = 1.7, 2.1, 0.5
+    if kind == "exponential":
+        ref = st.lognorm(s=a, scale=f)
+        assert float(residual_logpdf(kind, y, f, a, b)) == pytest.approx(ref.logpdf(y), rel=1e-12)
+        assert float(residual_logcdf(kind, lim, f, a, b)) == pytest.approx(ref.logcdf(lim), rel=1e-10)
+        return
+    sd = {"additive": a, "proportional": b * f, "combined": np.hypot(a, b * f)}[kind]
+    ref = st.norm(f, sd)
+    assert float(residual_logpdf(kind, y, f, a, b)) == pytest.approx(ref.logpdf(y), rel=1e-12)
+    assert float(residual_logcdf(kind, lim, f, a, b)) == pytest.approx(ref.logcdf(lim), rel=1e-10)
+    assert float(residual_logcdf(kind, lim, f, a, b, upper=True)) == pytest.approx(ref.logsf(lim), rel=1e-10)
+
+
+def test_observation_m3_and_padding():
+    f = np.array([[2.0, 1.0, 0.0]])
+    d = Observation(
+        "additive",
+        f,
+        0.5,
+        0.0,
+        np.array([[0, -1, 0]]),
+        np.array([[0.0, 0.8, 0.0]]),
+        np.array([[True, True, False]]),
+    )
+    lp = np.asarray(d.log_prob(np.array([[2.4, 0.8, 1.0]])))
+    assert lp[0, 0] == pytest.approx(st.norm(2.0, 0.5).logpdf(2.4))
+    assert lp[0, 1] == pytest.approx(st.norm(1.0, 0.5).logcdf(0.8))  # M3: P(y < LLOQ)
+    assert lp[0, 2] == 0.0
+
+
+def test_default_priors_follow_values_and_bounds():
+    p = default_prior(5.0, (0, 1e4))
+    assert float(np.exp(p.loc)) == pytest.approx(5.0)  # log-normal around the card value
+    b = default_prior(0.7, (0.0, 1.0))
+    draws = np.asarray(b.sample(twinrx_key(), (4000,)))
+    assert draws.min() > 0 and draws.max() < 1 and np.median(draws) == pytest.approx(0.7, abs=0.05)
+
+
+def twinrx_key(seed=0):
+    import jax
+
+    return jax.random.key(seed)
+
+
+# ------------------------------------------------------------------ diagnostics vs arviz-stats
+
+
+def test_rhat_and_ess_agree_with_arviz_stats():
+    array_stats = pytest.importorskip("arviz_stats.base").array_stats
+    rng = np.random.default_rng(1)
+    for shift in (0.0, 0.4):
+        x = rng.standard_normal((4, 400)).cumsum(1) * 0.05 + rng.standard_normal((4, 400))
+        x[0] += shift
+        ref_r = array_stats.rhat(x, chain_axis=0, draw_axis=1, method="rank")
+        ref_b = array_stats.ess(x, chain_axis=0, draw_axis=1, method="bulk")
+        ref_t = array_stats.ess(x, chain_axis=0, draw_axis=1, method="tail", prob=(0.05, 0.95))
+        assert float(rhat(x)) == pytest.approx(ref_r, rel=1e-9)
+        # numpyro's and ArviZ's autocorrelation truncations differ slightly: within 5 %
+        assert float(ess_bulk(x)) == pytest.approx(ref_b, rel=0.05)
+        assert float(ess_tail(x)) == pytest.approx(ref_t, rel=0.05)
+
+
+# ------------------------------------------------------------------ a small synthetic cohort
+
+
+def _cohort(n=6, seed=3, times=(0.5, 1, 2, 4, 8, 12, 24)):
+    """One-compartment oral patients simulated with known individual parameters."""
+    m = twinrx.get_model("one_cpt_oral")
+    rng = np.random.default_rng(seed)
+    cl = 5.0 * np.exp(0.3 * rng.standard_normal(n))
+    v = 50.0 * np.exp(0.2 * rng.standard_normal(n))
+    ka = 1.0 * np.exp(0.3 * rng.standard_normal(n))
+    t = np.asarray(times, float)
+    pats = []
+    for i in range(n):
+        c = 100 * ka[i] / (v[i] * (ka[i] - cl[i] / v[i])) * (np.exp(-cl[i] / v[i] * t) - np.exp(-ka[i] * t))
+        y = c + 0.05 * rng.standard_normal(t.size)
+        pats.append(
+            Patient(
+                f"P{i}",
+                series={"CP": Series("CP", "mg/L", t, y, kind="response")},
+                dosing=Dosing([0.0], [100.0], cmt=[1]),
+            )
+        )
+    return m, Cohort(tuple(pats)), {"CL": cl, "V": v, "KA": ka}
+
+
+def test_fitdata_from_cohort_layout_and_unit_conversion():
+    m, cohort, _ = _cohort(n=2)
+    p = cohort[0]
+    ug = Series("CP", "ug/mL", p.series["CP"].time[:3], p.series["CP"].value[:3] * 1.0, kind="response")
+    mixed = Cohort((Patient("A", series={"CP": ug}, dosing=p.dosing), cohort[1]))
+    d = FitData.from_cohort(m, mixed)
+    assert d.times.shape == (2, 7) and d.obs["CP"].value.shape == (2, 7)
+    assert np.asarray(d.obs["CP"].mask).sum(1).tolist() == [3, 7]
+    # ug/mL is mg/L: values unchanged; times of patient A padded with its last time
+    assert np.allclose(np.asarray(d.obs["CP"].value)[0, :3], ug.value)
+    assert np.asarray(d.times)[0, 3:].tolist() == [2.0] * 4
+
+
+def test_missing_covariate_is_an_error_naming_patient_and_column():
+    m = twinrx.get_model("vancomycin_goti_2018")
+    pat = Patient(
+        "P1",
+        series={"CP": Series("CP", "mg/L", [2.0], [10.0], kind="response")},
+        dosing=Dosing([0.0], [1000.0], cmt=[1], rate=[1000.0]),
+    )
+    with pytest.raises(twinrx.DataError, match=r"patient P1.*column CRCL"):
+        FitData.from_cohort(m, Cohort((pat,)))
+
+
+def _exact_gaussian_posterior(pop, data, cond):
+    """The individual posterior of z given fixed population values is exactly what the
+    optimiser must find; scipy minimises the same negative log density independently."""
+    import jax.numpy as jnp
+    from numpyro import handlers
+    from numpyro.infer.util import log_density
+
+    fn = handlers.condition(pop, data=cond)
+
+    def nll(x):
+        params = {s: jnp.asarray([x[j]]) for j, s in enumerate(pop.patient_sites)}
+        return float(-log_density(fn, (data,), {}, params)[0])
+
+    return scipy.optimize.minimize(
+        nll,
+        np.zeros(len(pop.patient_sites)),
+        method="Nelder-Mead",
+        options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 20000},
+    )
+
+
+def test_individual_map_matches_scipy_and_laplace_brackets_it():
+    m, cohort, truth = _cohort(n=4)
+    popfit = fit(m, cohort, method="map", error={"CP": "additive"})
+    ind = fit(m, cohort, method="map", prior=popfit)
+    assert np.all(ind.info["converged"])
+    d = FitData.from_cohort(m, cohort)
+    cond = {k: np.asarray(v) for k, v in ind.conditioned.items()}
+    for i in range(2):
+        ref = _exact_gaussian_posterior(ind.pop, d.select([i]), cond)
+        z = [float(ind.samples[s][0, 0, i]) for s in ind.pop.patient_sites]
+        assert np.allclose(z, ref.x, atol=2e-4), (z, ref.x)
+    lap = fit(m, cohort, method="laplace", prior=popfit, draws=2000)
+    cl = lap.samples["CL_i"][0]
+    lo, hi = np.quantile(cl, [0.01, 0.99], axis=0)
+    assert np.all((lo < ind.samples["CL_i"][0, 0]) & (ind.samples["CL_i"][0, 0] < hi))
+
+
+def test_store_is_readable_by_arviz_and_round_trips(tmp_path):
+    azb = pytest.importorskip("arviz_base")
+    import xarray as xr
+
+    from twinrx.store import read_fit, write_fit
+
+    m, cohort, _ = _cohort(n=3)
+    f = fit(m, cohort, method="nuts", error={"CP": "additive"}, chains=2, warmup=150, draws=100, seed=1)
+    tree = to_datatree(f)
+    write_fit(tree, tmp_path / "fit.zarr")
+    dt = azb.convert_to_datatree(xr.open_datatree(tmp_path / "fit.zarr", engine="zarr", consolidated=False))
+    for g in (
+        "posterior",
+        "posterior_predictive",
+        "observed_data",
+        "sample_stats",
+        "log_likelihood",
+        "constant_data",
+    ):
+        assert g in dt.children
+    post = dt["posterior"]
+    assert post["CL"].dims == ("chain", "draw") and post["CL_i"].dims == ("chain", "draw", "patient")
+    assert {"omega_CL", "sigma_CP"} <= set(post.data_vars)
+    n_obs = sum(len(p.series["CP"]) for p in cohort)
+    assert dt["log_likelihood"]["CP"].shape == (2, 100, n_obs)
+    assert np.all(np.isfinite(dt["log_likelihood"]["CP"].values))
+    back = from_datatree(read_fit(tmp_path / "fit.zarr"))
+    assert np.array_equal(back.samples["CL"], f.samples["CL"])
+    assert back.data.ids == f.data.ids
+
+
+def test_sequential_update_agrees_with_fit_on_all_data():
+    m, cohort, _ = _cohort(n=5)
+    popfit = fit(m, cohort, method="map", error={"CP": "additive"})
+    p = cohort[0]
+    s = p.series["CP"]
+    early = Patient(
+        p.id, series={"CP": Series("CP", "mg/L", s.time[:3], s.value[:3], kind="response")}, dosing=p.dosing
+    )
+    late = Patient(p.id, series={"CP": Series("CP", "mg/L", s.time[3:], s.value[3:], kind="response")})
+    first = fit(m, Cohort((early,)), method="nuts", prior=popfit, chains=2, warmup=300, draws=600, seed=2)
+    upd = update(first, Cohort((late,)))
+    full = fit(m, Cohort((p,)), method="nuts", prior=popfit, chains=2, warmup=300, draws=600, seed=7)
+    assert len(upd.data.obs["CP"].value[0]) == len(s.time)
+    a, b = upd.samples["CL_i"].ravel(), full.samples["CL_i"].ravel()
+    # Same posterior, different chains: medians within 4 Monte-Carlo standard errors
+    se = np.hypot(
+        a.std() / np.sqrt(float(ess_bulk(upd.samples["CL_i"][..., 0]))),
+        b.std() / np.sqrt(float(ess_bulk(full.samples["CL_i"][..., 0]))),
+    )
+    assert abs(np.median(a) - np.median(b)) < 4 * se + 1e-3
+    # and the posterior narrowed with the new levels
+    assert a.std() < first.samples["CL_i"].std()
+
+
+def test_merge_cohorts_counts_shared_records_once():
+    _, cohort, _ = _cohort(n=2)
+    merged = merge_cohorts(cohort, Cohort((cohort[0],)))
+    assert len(merged[0].series["CP"]) == len(cohort[0].series["CP"])
+    assert len(merged[0].dosing) == 1 and merged.ids == cohort.ids
+
+
+def test_population_model_rejects_unknown_settings():
+    m, cohort, _ = _cohort(n=2)
+    d = FitData.from_cohort(m, cohort)
+    with pytest.raises(ValueError, match="not parameters"):
+        PopulationModel.build(m, d, fixed={"XX": 1.0})
+    with pytest.raises(ValueError, match="error model"):
+        PopulationModel.build(m, d, error={"CP": "poisson"})
