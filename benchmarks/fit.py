@@ -123,6 +123,12 @@ _POP_PRIORS = r"""
   sigma ~ normal(0, sigma_scale);
   to_vector(z) ~ std_normal();
 """
+_DOSE_DATA = r"""
+  int<lower=1> D;
+  array[N] int<lower=1, upper=D> n_dose;
+  array[N] vector[D] t_dose;
+  array[N] vector[D] amt;
+"""
 _PRIOR_DATA = r"""
   vector[3] prior_loc;
   vector<lower=0>[3] prior_sd;
@@ -134,12 +140,7 @@ STAN_POP_CLOSED = (
     _CONC
     + "data {"
     + _DATA
-    + r"""
-  int<lower=1> D;
-  array[N] int<lower=1, upper=D> n_dose;
-  array[N] vector[D] t_dose;
-  array[N] vector[D] amt;
-"""
+    + _DOSE_DATA
     + _PRIOR_DATA
     + "}\n"
     + _POP_PARAMS
@@ -200,12 +201,8 @@ STAN_INDIVIDUAL = (
     _CONC
     + "data {"
     + _DATA
-    + r"""
-  int<lower=1> D;
-  array[N] int<lower=1, upper=D> n_dose;
-  array[N] vector[D] t_dose;
-  array[N] vector[D] amt;
-  vector<lower=0>[3] theta;  // population values held fixed: CL, V, KA
+    + _DOSE_DATA
+    + r"""  vector<lower=0>[3] theta;  // population values held fixed: CL, V, KA
   vector<lower=0>[3] omega;
   real<lower=0> sigma;
 }

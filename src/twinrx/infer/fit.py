@@ -130,6 +130,11 @@ class _HashableArray:
         return self.a if dtype is None else self.a.astype(dtype)
 
 
+def _init_strategy(init):
+    """Start at given values (a warm start), else at the prior medians (random effects 0)."""
+    return init_to_value(values=init) if init else init_to_median(num_samples=15)
+
+
 def _conditioned(pop: PopulationModel, values: Mapping[str, Any]):
     return handlers.condition(pop, data=dict(values)) if values else pop
 
@@ -154,7 +159,7 @@ def _sampler(pop, chains, warmup, draws, progress, target_accept, max_tree_depth
         return handlers.condition(pop, data=cond)(data)
 
     init = {k: v.a for k, v in init_items} if init_items else None
-    init_strategy = init_to_value(values=init) if init else init_to_median(num_samples=15)
+    init_strategy = _init_strategy(init)
     kernel = NUTS(
         model,
         target_accept_prob=target_accept,
@@ -212,9 +217,9 @@ def _nuts(
 # Optimisation in the unconstrained space (MAP, Laplace)
 # --------------------------------------------------------------------------------------
 def _setup(fn, data, key, init):
-    strategy = init_to_value(values=init) if init else init_to_median(num_samples=15)
+    strategy = _init_strategy(init)
     info = initialize_model(key, fn, model_args=(data,), init_strategy=strategy, dynamic_args=True)
-    return info.param_info.z, info.potential_fn, info.postprocess_fn
+    return info.param_info.z, info.postprocess_fn
 
 
 def _objectives(fn, u0):
@@ -267,7 +272,7 @@ def _optimise(pop, conditioned, data, key, *, laplace, draws, per_patient, init,
             info["hessian_pd"] = np.asarray(pd)
         return {k: np.asarray(v)[None] for k, v in out.items()}, info
     fn = _conditioned(pop, conditioned)
-    u0, _, post_gen = _setup(fn, data, k_init, init)
+    u0, post_gen = _setup(fn, data, k_init, init)
     x0, _ = ravel_pytree(u0)
     neg_log_joint, potential, unravel = _objectives(fn, u0)
     obj = potential if laplace else neg_log_joint
@@ -359,7 +364,7 @@ def _mvn_draw(x, H, z):
 # SVI
 # --------------------------------------------------------------------------------------
 def _svi(fn, data, key, *, steps, draws, guide, importance, particles, learning_rate, progress, init):
-    strategy = init_to_value(values=init) if init else init_to_median(num_samples=15)
+    strategy = _init_strategy(init)
     if importance and guide != "mvn":
         raise ValueError("the importance-weighted option needs the full-rank guide (guide='mvn')")
     if guide == "mvn":
