@@ -28,6 +28,8 @@ import pytest
 import twinrx
 from twinrx.infer import Fit, FitData, PopulationModel, fit
 
+pytestmark = pytest.mark.fitting
+
 # The path logic of tests/conftest.py (SHARED = <repo>/../shared).
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 if not (DATA / "published_estimates.csv").is_file():

@@ -24,6 +24,8 @@ from twinrx.infer import (
 from twinrx.infer.model import Observation, default_prior
 from twinrx.model.residual import residual_logcdf, residual_logpdf
 
+pytestmark = pytest.mark.fitting
+
 # ------------------------------------------------------------------ likelihood pieces
 
 
