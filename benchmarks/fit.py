@@ -3,9 +3,9 @@
 Same data, same priors, same chains, warmup and draws on both sides; ESS is measured by the
 same estimator for both (:func:`twinrx.infer.ess_bulk`, rank-normalised bulk ESS, on
 ``(chain, draw)`` arrays). ESS/s = ESS / sampling wall time including warmup, excluding
-compilation: twinrx runs once untimed to compile, then is timed with another seed (but its
-NUTS path compiles again on every call: the JAX compilation inside the timed call is
-measured and reported, with ESS/s without it); Stan models are built (compiled) once,
+compilation: twinrx runs once untimed to compile, then is timed with another seed (a
+repeat call with data of the same shape does not compile again; any JAX compilation inside
+the timed call is measured and reported, with ESS/s without it); Stan models are built (compiled) once,
 untimed, and every timed Stan run has a new seed (and httpstan's cache of finished fits is
 emptied first, so that a run is never a cache hit).
 
@@ -27,14 +27,17 @@ Cases
    ``solver="ode"`` (Tsit5), Stan ``ode_rk45_tol`` (Dormand-Prince); rtol 1e-6, atol 1e-9
    (twinrx's defaults) and at most 256 steps per interval on both sides: with twinrx's
    default of 4096 one gradient costs about 50 times more (the gradient table), and a
-   run would take hours. Fewer draws than the other cases, and one twinrx call.
+   run would take hours. Fewer draws than the other cases.
 3. ``100 patients, individual NUTS``: 100 patients simulated from the case-1 posterior
    medians (320 mg oral at t = 0, 10 concentrations over 24 h), each patient's random
    effects fitted with the population values held at those medians. twinrx: one call
-   ``fit(m, data100, method="nuts", prior=popfit)`` (one sampler over all patients); Stan:
-   a serial loop, one fit per patient (the usual per-patient workflow), and, for
-   reference, the same 100 patients in one Stan model. Aggregate ESS/s = sum over patients
-   of the minimum bulk ESS over CL_i, V_i, KA_i, divided by the wall time of the whole set.
+   ``fit(m, data100, method="nuts", prior=popfit, sampler=...)``, with one joint sampler
+   over all patients, and with a sampler per patient (lock-step under vmap); Stan: a
+   serial loop, one fit per patient (the usual per-patient workflow), and, for reference,
+   the same 100 patients in one Stan model. Aggregate ESS/s = sum over patients of the
+   minimum bulk ESS over CL_i, V_i, KA_i, divided by the wall time of the whole set.
+   ``1 patient per call``: the one-patient model, the first patients one call (one fit)
+   each on both sides, as a clinician's precision-dosing request would run.
 4. ``1,000 patients, MAP``: ``fit(m, data1000, method="map", prior=popfit)``, timed on the
    second call. PyStan 3 has no optimiser (httpstan exposes only NUTS and fixed-parameter
    sampling, and ``log_prob``/``grad_log_prob`` go through one HTTP request each), so the
@@ -445,39 +448,14 @@ def _twinrx_nuts(settings, *args, **kwargs):
     return timed(fit, *args, **{**kwargs, "seed": 1})
 
 
-@contextlib.contextmanager
-def _solver_max_steps(n):
-    """Build population models with at most ``n`` ODE steps per interval. fit() cannot pass
-    PopulationModel.build's ``max_steps`` through: its own ``max_steps`` (BFGS iterations)
-    takes the name."""
-    if n is None:
-        yield
-        return
-    original = PopulationModel.__dict__["build"]
-
-    def build(cls, *args, **kwargs):
-        kwargs.setdefault("max_steps", n)
-        return original.__func__(cls, *args, **kwargs)
-
-    PopulationModel.build = classmethod(build)
-    try:
-        yield
-    finally:
-        PopulationModel.build = original
-
-
 def population_case(m, data, arr, pop, settings, *, solver):
     label = "population, closed form" if solver is None else "population, ODE"
     s = settings if solver is None else settings["ode"]
     kw = dict(method="nuts", error={"CP": "additive"}, chains=s["chains"], warmup=s["warmup"])
     kw.update(draws=s["draws"], solver=solver)
     if solver == "ode":
-        kw.update(rtol=RTOL, atol=ATOL)
-    # The ODE case makes one call only: twinrx's NUTS recompiles on every call anyway (see
-    # "of which compilation"), and an ODE call costs minutes.
-    once = {**settings, "warm": settings["warm"] and solver is None}
-    with _solver_max_steps(settings["ode_max_steps"] if solver == "ode" else None):
-        f, tw, tc = _twinrx_nuts(once, m, data, **kw)
+        kw.update(rtol=RTOL, atol=ATOL, max_steps=settings["ode_max_steps"])
+    f, tw, tc = _twinrx_nuts(settings, m, data, **kw)
     names = (*TYPICAL, "omega_CL", "omega_V", "omega_KA", "sigma_CP")
     tw_draws = {k: f.samples[k] for k in names}
     rows = [
@@ -572,24 +550,51 @@ def individual_case(m, popfit, n, settings):
     label = f"{n} patients, individual NUTS"
     kw = dict(method="nuts", prior=popfit, chains=settings["chains"], warmup=settings["warmup"])
     kw["draws"] = settings["draws"]
-    f, tw, tc = _twinrx_nuts(settings, m, data, **kw)
-    one = ""
-    if settings["warm"]:  # the fixed cost of a call: one patient
-        _, t_one, c_one = _twinrx_nuts(settings, m, data.select([0]), **kw)
-        one = f"; the same call for 1 patient: {t_one:.1f} s, of which {c_one:.1f} s compilation"
-    ess_tw = np.min(np.stack([ess_bulk(f.samples[f"z_{p}"]) for p in TYPICAL]), axis=0)
-    rows = [
-        _row(
-            label,
-            "twinrx, one call (one sampler over all patients)",
-            tw,
-            float(np.sum(ess_tw)),
-            compile=tc,
-            steps=float(np.mean(f.stats["n_steps"])),
-            divergent=int(np.sum(f.stats["diverging"])),
-            notes=f"worst patient ESS {np.min(ess_tw):.0f}{one}",
+    rows = []
+    for sampler in ("joint", "per_patient"):
+        f, tw, tc = _twinrx_nuts(settings, m, data, sampler=sampler, **kw)
+        ess_tw = np.min(np.stack([ess_bulk(f.samples[f"z_{p}"]) for p in TYPICAL]), axis=0)
+        what = (
+            "one sampler over all patients" if sampler == "joint" else "a sampler per patient, lock-step vmap"
         )
-    ]
+        rows.append(
+            _row(
+                label,
+                f"twinrx, one call, sampler='{sampler}' ({what})",
+                tw,
+                float(np.sum(ess_tw)),
+                compile=tc,
+                steps=float(np.mean(f.stats["n_steps"])),
+                divergent=int(np.sum(f.stats["diverging"])),
+                notes=f"worst patient ESS {np.min(ess_tw):.0f}",
+            )
+        )
+    # One patient at a time (the precision-dosing call): a serial loop over the first
+    # patients, each call compiled once beforehand (same shapes: one compilation).
+    n1 = min(n, settings["n_serial"])
+    if settings["warm"]:
+        fit(m, data.select([0]), **{**kw, "seed": 100})
+    t0, c0 = time.perf_counter(), _compile_seconds[0]
+    ess_one, steps_one, div_one = [], [], 0
+    for i in range(n1):
+        f1 = fit(m, data.select([i]), **{**kw, "seed": 1 + i})
+        ess_one.append(min(float(ess_bulk(f1.samples[f"z_{p}"][..., 0])) for p in TYPICAL))
+        steps_one.append(float(np.mean(f1.stats["n_steps"])))
+        div_one += int(np.sum(f1.stats["diverging"]))
+    t_one = time.perf_counter() - t0
+    one_label = f"1 patient per call ({n1} patients, serial), individual NUTS"
+    rows.append(
+        _row(
+            one_label,
+            "twinrx, serial loop (one call per patient, sampler='auto': per patient)",
+            t_one,
+            float(np.sum(ess_one)),
+            compile=_compile_seconds[0] - c0,
+            steps=float(np.mean(steps_one)),
+            divergent=div_one,
+            notes=f"worst patient ESS {min(ess_one):.0f}; {t_one / n1:.2f} s per patient",
+        )
+    )
     fixed = {
         "theta": [float(est[p]) for p in TYPICAL],
         "omega": [float(est[f"omega_{p}"]) for p in TYPICAL],
@@ -607,16 +612,29 @@ def individual_case(m, popfit, n, settings):
         }
 
     stan_prebuild(STAN_INDIVIDUAL)
-    ess_st, div, steps = [], 0, []
+    ess_st, div, steps, each = [], 0, [], []
     t0 = time.perf_counter()
     for i in range(n):
+        t_i = time.perf_counter()
         post = stan_build(STAN_INDIVIDUAL, patient(i), seed=settings["seed"] + 1000 + i)
         sf, _ = stan_sample(post, settings)
         z = stan_z(sf, 1)[:, :, 0]
         ess_st.append(min(float(ess_bulk(z[..., j])) for j in range(3)))
         div += int(np.sum(stan_draws(sf, "divergent__")))
         steps.append(np.mean(stan_draws(sf, "n_leapfrog__")))
+        each.append(time.perf_counter() - t_i)
     ts = time.perf_counter() - t0
+    rows.append(
+        _row(
+            one_label,
+            "Stan, serial loop (one fit per patient)",
+            float(np.sum(each[:n1])),
+            float(np.sum(ess_st[:n1])),
+            compile=0.0,
+            steps=float(np.mean(steps[:n1])),
+            notes=f"worst patient ESS {min(ess_st[:n1]):.0f}; {np.mean(each[:n1]):.2f} s per patient",
+        )
+    )
     rows.append(
         _row(
             label,
@@ -648,6 +666,7 @@ def individual_case(m, popfit, n, settings):
             notes=f"worst patient ESS {np.min(ess_j):.0f}",
         )
     )
+    rows.sort(key=lambda r: r["case"] == one_label)  # stable: the n-patient rows first
     return rows
 
 
@@ -796,6 +815,7 @@ QUICK = {
     "ode_max_steps": 256,
     "grad_max_steps": (),
     "n_ind": 10,
+    "n_serial": 3,
     "n_map": 200,
     "seed": 2024,
     "warm": False,
@@ -808,6 +828,7 @@ FULL = {
     "ode_max_steps": 256,
     "grad_max_steps": (256, 4096),
     "n_ind": 100,
+    "n_serial": 10,
     "n_map": 1000,
     "seed": 2024,
     "warm": True,
@@ -836,7 +857,7 @@ def main(argv=None) -> None:
     rows += population_case(m, data, arr, pop, settings, solver="ode")[0]
     print(table(rows[-2:]), flush=True)
     rows += individual_case(m, popfit, settings["n_ind"], settings)
-    print(table(rows[-3:]), flush=True)
+    print(table(rows[-6:]), flush=True)
     rows += map_case(m, popfit, settings["n_map"], settings)
     print(table(rows[-2:]), flush=True)
     grads = gradient_costs(m, data, settings)
@@ -856,7 +877,7 @@ def main(argv=None) -> None:
         f"NUTS on both sides: {s['chains']} chains, {s['warmup']} warmup + {s['draws']} draws each "
         f"(ODE case: {so['chains']} chains, {so['warmup']} + {so['draws']}), target acceptance 0.8, "
         "maximum tree depth 10, diagonal mass matrix. twinrx runs its chains vectorised in one "
-        "process (JAX on CPU); PyStan runs one process per chain. ESS: twinrx.infer.ess_bulk "
+        "process (JAX on CPU; per-patient samplers: patients x chains vectorised); PyStan runs one process per chain. ESS: twinrx.infer.ess_bulk "
         "(rank-normalised bulk ESS) on (chain, draw) arrays for both; population cases: the minimum "
         "over CL, V, KA; patient cases: the sum over patients of each patient's minimum over "
         "CL_i, V_i, KA_i. Wall time: sampling including warmup"

@@ -252,3 +252,80 @@ def test_population_model_rejects_unknown_settings():
         PopulationModel.build(m, d, fixed={"XX": 1.0})
     with pytest.raises(ValueError, match="error model"):
         PopulationModel.build(m, d, error={"CP": "poisson"})
+
+
+def _importance_reference(cond, t, y, n_draws=40000, seed=0):
+    """E[CL_i] and its 5/95 % quantiles for one patient by importance sampling of the exact
+    posterior, written here in NumPy (Bateman function, additive normal error, standard
+    normal z with CL_i = CL exp(omega_CL z), ...), with a wide Student-t proposal."""
+    rng = np.random.default_rng(seed)
+    theta = np.array([float(cond[p]) for p in ("CL", "V", "KA")])
+    omega = np.array([float(cond[f"omega_{p}"]) for p in ("CL", "V", "KA")])
+    sigma = float(cond["sigma_CP"])
+
+    def logp(z):  # (n, 3) -> (n,)
+        cl, v, ka = (theta * np.exp(omega * z)).T
+        c = (
+            100
+            * ka[:, None]
+            / (v * (ka - cl / v))[:, None]
+            * (np.exp(-(cl / v)[:, None] * t) - np.exp(-ka[:, None] * t))
+        )
+        return -0.5 * np.sum(z**2, 1) - 0.5 * np.sum((y - c) ** 2, 1) / sigma**2
+
+    res = scipy.optimize.minimize(lambda z: -logp(z[None])[0], np.zeros(3), method="Nelder-Mead")
+    mode = scipy.optimize.minimize(lambda z: -logp(z[None])[0], res.x, method="BFGS").x
+    h, eye = 1e-4, np.eye(3)
+    hess = np.array(
+        [
+            [
+                -(
+                    logp((mode + h * eye[a] + h * eye[b])[None])[0]
+                    - logp((mode + h * eye[a] - h * eye[b])[None])[0]
+                    - logp((mode - h * eye[a] + h * eye[b])[None])[0]
+                    + logp((mode - h * eye[a] - h * eye[b])[None])[0]
+                )
+                / (4 * h * h)
+                for b in range(3)
+            ]
+            for a in range(3)
+        ]
+    )
+    chol = np.linalg.cholesky(np.linalg.inv(0.5 * (hess + hess.T))) * 1.5
+    u = rng.standard_t(5, (n_draws, 3))
+    z = mode + u @ chol.T
+    logq = np.sum(st.t(5).logpdf(u), 1)  # up to a constant (the Jacobian is constant)
+    w = np.exp(logp(z) - logq - np.max(logp(z) - logq))
+    w /= w.sum()
+    cl = theta[0] * np.exp(omega[0] * z[:, 0])
+    order = np.argsort(cl)
+    cdf = np.cumsum(w[order])
+    q = [cl[order][np.searchsorted(cdf, p)] for p in (0.05, 0.95)]
+    return float(np.sum(w * cl)), q, 1.0 / np.sum(w**2)
+
+
+@pytest.mark.parametrize("sampler", ["per_patient", "joint"])
+def test_individual_nuts_matches_importance_sampling_of_the_exact_posterior(sampler):
+    m, rich, _ = _cohort(n=6)
+    popfit = fit(m, rich, method="map", error={"CP": "additive"})
+    _, cohort, _ = _cohort(n=3, seed=8, times=(1, 4, 12))  # 3 levels: a skewed posterior
+    ind = fit(
+        m, cohort, method="nuts", prior=popfit, chains=2, warmup=300, draws=500, seed=4, sampler=sampler
+    )
+    assert ind.info["chain_method"] == ("per_patient" if sampler == "per_patient" else "vectorized")
+    if sampler == "per_patient":  # statistics per patient
+        assert ind.stats["diverging"].shape == (2, 500, 3)
+    cl = ind.samples["CL_i"]
+    for i, p in enumerate(cohort):
+        s = p.series["CP"]
+        mean, (q05, q95), is_ess = _importance_reference(
+            ind.conditioned, np.asarray(s.time), np.asarray(s.value)
+        )
+        assert is_ess > 2000
+        draws = cl[..., i]
+        se = draws.std() / np.sqrt(float(ess_bulk(draws)))
+        assert abs(draws.mean() - mean) < 4 * se, (i, draws.mean(), mean, se)
+        # quantiles: within 10 % of the posterior's 90 % width
+        width = q95 - q05
+        assert abs(np.quantile(draws, 0.05) - q05) < 0.1 * width
+        assert abs(np.quantile(draws, 0.95) - q95) < 0.1 * width

@@ -315,6 +315,14 @@ class EventTable(eqx.Module):
         )
 
 
+def resets_or_steady_states(events: EventTable) -> bool:
+    """Whether any (unmasked) record resets the system (EVID 3/4) or is a steady-state
+    dose. The events must be concrete (a tracer raises jax's TracerArrayConversionError)."""
+    evid = np.asarray(events.evid)
+    resets = np.isin(evid, (EVID_RESET, EVID_RESET_DOSE)) & np.asarray(events.mask)
+    return bool(np.any(resets) or np.any(np.asarray(events.ss_mask)))
+
+
 def stack_tables(tables: Sequence[EventTable]) -> EventTable:
     """Pad patients' tables to one shape and stack them along a leading patient axis.
 

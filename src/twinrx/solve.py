@@ -33,6 +33,7 @@ from .events import (
     DataError,
     EventTable,
     Problem,
+    resets_or_steady_states,
     stack_tables,
 )
 from .model._base import AbstractModel
@@ -60,6 +61,7 @@ class SolverConfig(eqx.Module):
     batch_size: int = eqx.field(static=True, default=0)  # 0: one vmap over all patients
     infusions: bool = eqx.field(static=True, default=True)  # False: no record has RATE != 0
     devices: int = eqx.field(static=True, default=1)  # local devices a cohort is split over
+    superpose: bool = eqx.field(static=True, default=False)  # closed form without an event loop
 
 
 # --------------------------------------------------------------------------------------
@@ -273,6 +275,65 @@ def _per_record(p: Mapping[str, Any], R: int) -> dict[str, jax.Array]:
     return {k: jnp.broadcast_to(jnp.asarray(v, float), (R,)) for k, v in p.items()}
 
 
+def _dose_modifiers(cfg, q_rec, R, n):
+    """Per-record, per-compartment dosing modifiers (lag, bioavailability, rate, duration)."""
+    mods = {k: jnp.full((R, n), _MOD_DEFAULT[k]) for k in _MODIFIERS}
+    for kind, cmt, src in cfg.modifiers:
+        mods[kind] = mods[kind].at[:, cmt].set(q_rec[src])
+    return mods
+
+
+def _dose_instances(et: EventTable, mods):
+    """Each dose instance's compartment, lag, bioavailable amount, whether it is an
+    infusion, its rate and duration, and its arrival time (dose time + lag)."""
+    r = et.dose_rec
+    c = et.cmt[r]
+    rate_col = et.rate[r]
+    L = mods["lag"][r, c]
+    famt = mods["bioav"][r, c] * et.amt[r]
+    is_inf = rate_col != 0
+    R_inf, D_inf = _infusion_rate_duration(rate_col, famt, mods["rate"][r, c], mods["duration"][r, c])
+    return c, L, famt, is_inf, R_inf, D_inf, et.dose_time + L
+
+
+def _superpose_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, out_times):
+    """The closed form by superposition: without resets, steady states or time-varying
+    parameters a linear system's state at ``t`` is the sum of each dose's response, so the
+    outputs are one elementwise (outputs x doses) array with no loop over events. A bolus
+    counts at every output at or after its arrival (NONMEM: requested times come after the
+    events at that time); an infusion is a step input on at its arrival and off at its end.
+    Fast to differentiate (no scan to reverse), which is what fitting needs."""
+    n = model.n_state
+    R = et.time.shape[0]
+    q0 = dict(model.prepare({k: jnp.asarray(v, float) for k, v in p.items()}))
+    mods = _dose_modifiers(cfg, _per_record(q0, R), R, n)
+    c, _, famt, is_inf, R_inf, D_inf, t_arr = _dose_instances(et, mods)
+    sys = model.closed_form_system(q0)
+    unit = jax.vmap(sys.modal)(jax.nn.one_hot(c, n))  # (M, n): a unit input into each dose's cmt
+    h = out_times[:, None] - t_arr[None, :]  # (T, M)
+    live = et.dose_mask[None, :]
+    bolus = jnp.where(is_inf, 0.0, famt)[:, None] * unit
+
+    def one(b, u, rate, dur, hh, on):
+        hb = jnp.where(on, hh, 0.0)
+        m = jnp.where(on, sys.advance_modal(b, None, hb), 0.0)
+        if cfg.infusions:
+            # Filled while on (for at most its duration), then free decay: no cancellation.
+            filled = sys.advance_modal(jnp.zeros_like(u), rate * u, jnp.minimum(hb, dur))
+            m = m + jnp.where(on, sys.advance_modal(filled, None, jnp.maximum(hb - dur, 0.0)), 0.0)
+        return m
+
+    rate = jnp.where(is_inf, R_inf, 0.0)
+    dur = jnp.where(is_inf, D_inf, 0.0)
+    per_dose = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0))  # over doses
+    per_out = jax.vmap(per_dose, in_axes=(None, None, None, None, 0, 0))  # over outputs
+    modal = jnp.sum(per_out(bolus, unit, rate, dur, h, (h >= 0) & live), axis=1)  # (T, n)
+    amounts = jax.vmap(sys.unmodal)(modal)
+    outputs = jax.vmap(model.observe, in_axes=(0, 0, None))(out_times, amounts, q0)
+    code = jnp.where(jnp.all(jnp.isfinite(amounts)), Status.SUCCESS, Status.NONFINITE)
+    return amounts, outputs, jnp.asarray(code)
+
+
 def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, out_times):
     n = model.n_state
     R = et.time.shape[0]
@@ -294,21 +355,11 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
     else:
         x_init_rec = None
 
-    # Per-record, per-compartment dosing modifiers.
-    mods = {k: jnp.full((R, n), _MOD_DEFAULT[k]) for k in _MODIFIERS}
-    for kind, cmt, src in cfg.modifiers:
-        mods[kind] = mods[kind].at[:, cmt].set(q_rec[src])
+    mods = _dose_modifiers(cfg, q_rec, R, n)
 
     # ---- dose instances -> arrival and end events ----
     r = et.dose_rec
-    c = et.cmt[r]
-    rate_col = et.rate[r]
-    F = mods["bioav"][r, c]
-    L = mods["lag"][r, c]
-    famt = F * et.amt[r]
-    is_inf = rate_col != 0
-    R_inf, D_inf = _infusion_rate_duration(rate_col, famt, mods["rate"][r, c], mods["duration"][r, c])
-    t_arr = et.dose_time + L
+    c, L, famt, is_inf, R_inf, D_inf, t_arr = _dose_instances(et, mods)
     implied = (~et.dose_first) | (L > 0)
     arr_kind = jnp.where(et.dose_mask, jnp.where(is_inf, _INF_START, _BOLUS), _NONE)
     arr_val = jnp.where(is_inf, R_inf, famt)
@@ -573,14 +624,15 @@ def _vmap_chunked(fn, args, batch_size):
 
 @functools.partial(jax.jit, static_argnames=("model", "cfg", "batched", "times_batched"))
 def _simulate_jit(model, cfg, et, p, out_times, *, batched, times_batched):
+    one = _superpose_one if cfg.superpose else _simulate_one
     if not batched:
-        return _simulate_one(model, cfg, et, p, out_times)
+        return one(model, cfg, et, p, out_times)
     n_pat = et.time.shape[0]
     if times_batched:
-        fn = functools.partial(_simulate_one, model, cfg)
+        fn = functools.partial(one, model, cfg)
         args = (et, p, out_times)
     else:
-        fn = lambda e, q: _simulate_one(model, cfg, e, q, out_times)  # noqa: E731
+        fn = lambda e, q: one(model, cfg, e, q, out_times)  # noqa: E731
         args = (et, p)
     if cfg.devices <= 1:
         return _vmap_chunked(fn, args, cfg.batch_size)
@@ -660,11 +712,21 @@ def simulate_arrays(
     ss_iters: int = 3,
     batch_size: int | None = None,
     devices: int | None = None,
+    superposition: bool | None = None,
+    infusions: bool | None = None,
 ):
     """Like :func:`simulate` but returns ``(amounts, outputs, status)`` as JAX arrays.
 
     This is the differentiable, jit-friendly core: ``params`` leaves and event arrays may be
     JAX tracers (differentiate with respect to parameters, dose amounts and dose times).
+
+    ``superposition``: a closed form at requested ``times`` is computed as a sum of dose
+    responses (no loop over events; several times faster to differentiate) when no record
+    resets the system or is a steady state, no parameter varies in time, and outputs x doses
+    is at most 8192 per patient. ``None`` decides from the events, which must then be
+    concrete (traced events: pass ``True`` only when you checked them; ``False`` never).
+    ``infusions=False`` likewise says that no record is an infusion (RATE = 0), which spares
+    traced events the infusion arithmetic.
 
     A cohort is vmapped in chunks of ``batch_size`` patients (default: tuned per backend)
     and split over ``devices`` local devices (default: all of them; see
@@ -677,7 +739,10 @@ def simulate_arrays(
     params = _with_defaults(model, params, referenced)
     params = model.host_inputs(params, events.time)
     mods, params = _resolve_modifiers(model, params, lag, bioav, rate, duration)
-    infusions = _check_model_rate_codes(model, events, mods)
+    found = _check_model_rate_codes(model, events, mods)  # True when the events are traced
+    if infusions is False and found and not isinstance(events.rate, jax.core.Tracer):
+        raise ValueError("infusions=False, but a dose record has RATE != 0")
+    infusions = found and infusions is not False
     at_records = times is None
     out_times = jnp.zeros((0,)) if at_records else jnp.asarray(times, float)
     times_batched = (not at_records) and out_times.ndim == 2
@@ -702,6 +767,14 @@ def simulate_arrays(
             for k, v in params.items()
         }
     method = _resolve_method(model, solver)
+    superpose = (
+        method == "closed_form"
+        and not at_records
+        and not model.has_initial_state
+        and all(jnp.ndim(v) == (1 if batched else 0) for v in params.values())
+        and out_times.shape[-1] * events.dose_rec.shape[-1] <= _SUPERPOSE_MAX
+        and _plain_doses(events, superposition)
+    )
     cfg = SolverConfig(
         method=method,
         rtol=float(rtol),
@@ -713,6 +786,7 @@ def simulate_arrays(
         at_records=at_records,
         infusions=infusions,
         devices=_n_devices(events.time.shape[0] if batched else 1, devices),
+        superpose=superpose,
     )
     return _simulate_jit(model, cfg, events, params, out_times, batched=batched, times_batched=times_batched)
 
@@ -761,6 +835,24 @@ def _pad_edge(v, R):
         raise ValueError(f"a time-varying parameter has {v.shape[-1]} values but there are {R} records")
     pad = [(0, 0)] * (v.ndim - 1) + [(0, R - v.shape[-1])]
     return jnp.pad(v, pad, mode="edge")
+
+
+_SUPERPOSE_MAX = 8192  # outputs x dose instances per patient
+
+
+def _plain_doses(events: EventTable, asserted: bool | None) -> bool:
+    """Whether no (unmasked) record resets the system or is a steady-state dose."""
+    if asserted is False:
+        return False
+    try:
+        plain = not resets_or_steady_states(events)
+    except jax.errors.TracerArrayConversionError:
+        return bool(asserted)
+    if asserted and not plain:
+        raise ValueError(
+            "superposition=True, but a record resets the system (EVID 3/4) or is a steady state (SS)"
+        )
+    return plain
 
 
 def _check_model_rate_codes(model, events, mods) -> bool:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..data.patient import Cohort, Patient
-from ..events import DataError, EventTable, Problem, stack_tables
+from ..events import DataError, EventTable, Problem, resets_or_steady_states, stack_tables
 from ..units import UnitError, conversion
 
 __all__ = ["FitData", "Observations", "merge_cohorts", "nonmem_cohort"]
@@ -47,6 +47,10 @@ class FitData(eqx.Module):
     obs: dict[str, Observations]
     ids: tuple[str, ...] = eqx.field(static=True)
     units: tuple[tuple[str, str], ...] = eqx.field(static=True, default=())  # output -> unit
+    # No resets or steady states: a closed form may superpose doses (static, so that it is
+    # known while the events are traced).
+    plain_doses: bool = eqx.field(static=True, default=False)
+    infusions: bool = eqx.field(static=True, default=True)  # any dose record with RATE != 0
 
     @property
     def n_patients(self) -> int:
@@ -60,7 +64,13 @@ class FitData(eqx.Module):
         """The data of some patients (keeps the padded shapes)."""
         idx = np.arange(self.n_patients)[index] if isinstance(index, slice) else np.asarray(index)
         leaves = jax.tree.map(lambda x: x[idx], (self.events, self.times, self.covariates, self.obs))
-        return FitData(*leaves, ids=tuple(self.ids[i] for i in idx), units=self.units)
+        return FitData(
+            *leaves,
+            ids=tuple(self.ids[i] for i in idx),
+            units=self.units,
+            plain_doses=self.plain_doses,
+            infusions=self.infusions,
+        )
 
     def anonymous(self) -> FitData:
         """The same arrays with ids 0..N-1: compiled functions keyed on the data's structure
@@ -72,6 +82,8 @@ class FitData(eqx.Module):
             self.obs,
             ids=tuple(str(i) for i in range(self.n_patients)),
             units=self.units,
+            plain_doses=self.plain_doses,
+            infusions=self.infusions,
         )
 
     # ------------------------------------------------------------------ constructors
@@ -230,6 +242,8 @@ class FitData(eqx.Module):
             obs,
             ids=tuple(p.id for p in patients),
             units=tuple((o, out_unit[o]) for o in used),
+            plain_doses=not resets_or_steady_states(events),
+            infusions=bool(np.any((np.asarray(events.rate) != 0) & np.asarray(events.mask))),
         )
 
     @classmethod

@@ -33,6 +33,7 @@ from numpyro.infer import (
     init_to_median,
     init_to_value,
 )
+from numpyro.infer.hmc import hmc
 from numpyro.infer.util import constrain_fn, initialize_model, log_density, log_likelihood
 
 from .data import FitData
@@ -146,10 +147,19 @@ def _to_numpy(tree):
 # --------------------------------------------------------------------------------------
 # NUTS
 # --------------------------------------------------------------------------------------
+_EXTRA_FIELDS = (
+    "diverging",
+    "num_steps",
+    "accept_prob",
+    "potential_energy",
+    "energy",
+    "adapt_state.step_size",
+)
+
+
 def _sampler(pop, chains, warmup, draws, progress, target_accept, max_tree_depth, dense_mass, init_items):
-    """A NUTS sampler; the data and the held population values are model arguments.
-    (A sampler object is not reused across calls: numpyro's vectorised chains fail when a
-    finished sampler is run again on data of another shape.)"""
+    """A NUTS sampler over the whole model (every patient in one joint posterior); the data
+    and the held population values are model arguments."""
     if jax.local_device_count() >= chains > 1:
         chain_method = "parallel"
     else:
@@ -159,11 +169,10 @@ def _sampler(pop, chains, warmup, draws, progress, target_accept, max_tree_depth
         return handlers.condition(pop, data=cond)(data)
 
     init = {k: v.a for k, v in init_items} if init_items else None
-    init_strategy = _init_strategy(init)
     kernel = NUTS(
         model,
         target_accept_prob=target_accept,
-        init_strategy=init_strategy,
+        init_strategy=_init_strategy(init),
         max_tree_depth=max_tree_depth,
         dense_mass=dense_mass,
     )
@@ -179,29 +188,34 @@ def _sampler(pop, chains, warmup, draws, progress, target_accept, max_tree_depth
     return mcmc, chain_method
 
 
+@functools.partial(jax.jit, static_argnames=("settings",))
+def _joint_nuts_compiled(key, data, cond, *, settings):
+    """The whole run (warm-up and draws) as one compiled function of the key, the data and
+    the held values: a repeat call with data of the same shape does not compile again
+    (numpyro's MCMC object would). Without a progress bar, on one device."""
+    mcmc, _ = _sampler(*settings)
+    mcmc.run(key, data, cond, extra_fields=_EXTRA_FIELDS)
+    return mcmc.get_samples(group_by_chain=True), mcmc.get_extra_fields(group_by_chain=True)
+
+
 def _nuts(
     pop, cond, data, key, *, chains, warmup, draws, progress, target_accept, init, max_tree_depth, dense_mass
 ):
     init_items = tuple((k, _HashableArray(np.asarray(v))) for k, v in sorted((init or {}).items()))
-    mcmc, chain_method = _sampler(
-        pop, chains, warmup, draws, progress, target_accept, max_tree_depth, dense_mass, init_items
-    )
-    mcmc.run(
-        key,
-        data.anonymous(),
-        {k: jnp.asarray(v) for k, v in cond.items()},
-        extra_fields=(
-            "diverging",
-            "num_steps",
-            "accept_prob",
-            "potential_energy",
-            "energy",
-            "adapt_state.step_size",
-        ),
-    )
-    samples = _to_numpy(mcmc.get_samples(group_by_chain=True))
-    ex = _to_numpy(mcmc.get_extra_fields(group_by_chain=True))
-    stats = {
+    settings = (pop, chains, warmup, draws, progress, target_accept, max_tree_depth, dense_mass, init_items)
+    args = (data.anonymous(), {k: jnp.asarray(v) for k, v in cond.items()})
+    mcmc, chain_method = _sampler(*settings)
+    if progress or chain_method == "parallel":
+        mcmc.run(key, *args, extra_fields=_EXTRA_FIELDS)
+        samples, ex = mcmc.get_samples(group_by_chain=True), mcmc.get_extra_fields(group_by_chain=True)
+    else:
+        samples, ex = _joint_nuts_compiled(key, *args, settings=settings)
+    return _to_numpy(samples), _sampler_stats(_to_numpy(ex)), {"chain_method": chain_method}
+
+
+def _sampler_stats(ex):
+    """numpyro's extra fields under ArviZ's sample_stats names."""
+    return {
         "diverging": ex["diverging"].astype(bool),
         "n_steps": ex["num_steps"],
         "tree_depth": np.floor(np.log2(np.maximum(ex["num_steps"], 1))).astype(np.int64) + 1,
@@ -210,7 +224,124 @@ def _nuts(
         "energy": ex["energy"],
         "step_size": ex["adapt_state.step_size"],
     }
-    return samples, stats, {"chain_method": chain_method}
+
+
+_PER_PATIENT_MAX = 64  # patients x chains for per-patient samplers on CPU (benchmarks/fit.py)
+_NUTS_FIELDS = ("diverging", "num_steps", "accept_prob", "potential_energy", "energy")
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "pop",
+        "chains",
+        "warmup",
+        "draws",
+        "target_accept",
+        "max_tree_depth",
+        "dense_mass",
+        "progress",
+    ),
+)
+def _individual_nuts(
+    pop, cond, data, key, x0, *, chains, warmup, draws, target_accept, max_tree_depth, dense_mass, progress
+):
+    """Independent NUTS samplers, ``chains`` per patient, each with its own step size and
+    mass matrix, all under one ``vmap`` (population values held at ``cond``: the posterior
+    factorises over patients, so this is exact, and each sampler sees a problem of a few
+    dimensions instead of one joint problem over every patient). Compiled once per
+    population model, settings and data shape."""
+    names, obj, sites = _patient_functions(pop, cond)
+    init_kernel, sample_kernel = hmc(potential_fn_gen=lambda d1: functools.partial(obj, d1=d1), algo="NUTS")
+
+    def init_one(k, x_init, d1):
+        return init_kernel(
+            x_init,
+            warmup,
+            dense_mass=dense_mass,
+            target_accept_prob=target_accept,
+            max_tree_depth=max_tree_depth,
+            model_args=(d1,),
+            rng_key=k,
+        )
+
+    def per_sampler(f):  # over patients (data batched) and their chains (data shared)
+        return jax.vmap(jax.vmap(f, (0, None) if f is not init_one else (0, 0, None)))
+
+    split = jax.tree.map(lambda a: a[:, None], data)  # N patients of one each
+    keys = jax.random.split(key, (x0.shape[0], chains))
+    state = per_sampler(init_one)(keys, x0, split)
+    sample = per_sampler(lambda s, d1: sample_kernel(s, model_args=(d1,)))
+
+    def tick(i):
+        if progress:
+            jax.debug.callback(_progress_tick, i, warmup + draws)
+
+    def warm(s, i):
+        tick(i)
+        return sample(s, split), None
+
+    def step(s, i):
+        tick(i)
+        s = sample(s, split)
+        return s, (s.z, s.adapt_state.step_size, *(getattr(s, f) for f in _NUTS_FIELDS))
+
+    state, _ = jax.lax.scan(warm, state, jnp.arange(warmup))
+    z, step_size, *fields = jax.lax.scan(step, state, warmup + jnp.arange(draws))[
+        1
+    ]  # (draws, N, chains, ...)
+    out = jax.vmap(lambda zn, d1: jax.vmap(jax.vmap(lambda x: sites(x, d1)))(zn), (1, 0))(z, split)
+    out = jax.tree.map(lambda a: jnp.transpose(a, (2, 1, 0)), out)  # (N, draws, chains) -> (chains, draws, N)
+    by_chain = lambda a: jnp.transpose(a, (2, 0, 1))  # noqa: E731  (draws, N, chains) -> (chains, draws, N)
+    return out, by_chain(step_size), {f: by_chain(v) for f, v in zip(_NUTS_FIELDS, fields)}
+
+
+_PROGRESS: dict[str, Any] = {}
+
+
+def _progress_tick(i, total):
+    """Host side of the per-patient sampler's progress bar (one tick per iteration)."""
+    bar = _PROGRESS.get("bar")
+    if bar is not None:
+        bar.update(int(i) + 1 - bar.n)
+        if int(i) + 1 == int(total):
+            bar.close()
+
+
+def _nuts_per_patient(
+    pop, cond, data, key, *, chains, warmup, draws, progress, target_accept, init, max_tree_depth, dense_mass
+):
+    names = pop.patient_sites
+    N = data.n_patients
+    k_init, k_run = jax.random.split(key)
+    if init and all(n in init for n in names):  # a warm start: every chain at the given values
+        x0 = jnp.stack([jnp.broadcast_to(jnp.asarray(init[n], float), (N,)) for n in names], -1)
+        x0 = jnp.broadcast_to(x0[:, None], (N, chains, len(names)))
+    else:  # dispersed starts for R-hat: uniform on (-2, 2) in the standard normal z
+        x0 = jax.random.uniform(k_init, (N, chains, len(names)), minval=-2.0, maxval=2.0)
+    if progress:
+        from tqdm.auto import tqdm
+
+        _PROGRESS["bar"] = tqdm(
+            total=warmup + draws, desc=f"NUTS, {N} patient(s) x {chains} chains", unit="it"
+        )
+    samples, step_size, ex = _individual_nuts(
+        pop,
+        {k: jnp.asarray(v) for k, v in cond.items()},
+        data.anonymous(),
+        k_run,
+        x0,
+        chains=chains,
+        warmup=warmup,
+        draws=draws,
+        target_accept=float(target_accept),
+        max_tree_depth=int(max_tree_depth),
+        dense_mass=bool(dense_mass),
+        progress=bool(progress),
+    )
+    _PROGRESS.pop("bar", None)
+    stats = _sampler_stats(_to_numpy({**ex, "adapt_state.step_size": step_size}))
+    return _to_numpy(samples), stats, {"chain_method": "per_patient"}
 
 
 # --------------------------------------------------------------------------------------
@@ -245,7 +376,7 @@ def _minimise(obj, x0, data, max_steps):
     return sol.value, sol.result == optx.RESULTS.successful, sol.stats["num_steps"]
 
 
-def _optimise(pop, conditioned, data, key, *, laplace, draws, per_patient, init, max_steps):
+def _optimise(pop, conditioned, data, key, *, laplace, draws, per_patient, init, max_iter):
     """MAP or Laplace. With ``per_patient`` (no population site is sampled: an individual
     fit), the posterior factorises over patients and each patient is optimised on its own,
     all at once under ``vmap``."""
@@ -259,7 +390,7 @@ def _optimise(pop, conditioned, data, key, *, laplace, draws, per_patient, init,
             k_draw,
             laplace=laplace,
             draws=draws,
-            max_steps=max_steps,
+            max_iter=max_iter,
             exact=_exact_hessian(pop),
         )
         jax.block_until_ready(out)
@@ -277,7 +408,7 @@ def _optimise(pop, conditioned, data, key, *, laplace, draws, per_patient, init,
     neg_log_joint, potential, unravel = _objectives(fn, u0)
     obj = potential if laplace else neg_log_joint
     t0 = time.perf_counter()
-    x, ok, nsteps = jax.jit(lambda x0, d: _minimise(obj, x0, d, max_steps))(x0, data)
+    x, ok, nsteps = jax.jit(lambda x0, d: _minimise(obj, x0, d, max_iter))(x0, data)
     elapsed = time.perf_counter() - t0
     info = {"converged": bool(ok), "n_iterations": int(nsteps), "optimise_seconds": elapsed}
     post = post_gen(data)
@@ -310,13 +441,11 @@ def _hessian(obj, x, args, exact):
     return 0.5 * (cols + cols.T)
 
 
-@functools.partial(jax.jit, static_argnames=("pop", "laplace", "draws", "max_steps", "exact"))
-def _individual_modes(pop, cond, data, key, *, laplace, draws, max_steps, exact):
-    """Each patient's posterior mode of its random effects (population values held at
-    ``cond``), all patients at once under vmap; with ``laplace``, ``draws`` draws from the
-    normal approximation there. The random effects are unconstrained (standard normal
-    ``z_*`` sites), so the mode and the Laplace approximation need no change of variables.
-    Compiled once per population model and data shape: a repeat call costs milliseconds."""
+def _patient_functions(pop: PopulationModel, cond):
+    """With every population site held at ``cond``, one patient's posterior over its
+    random effects ``x`` (the standard normal ``z_*`` sites, unconstrained: no Jacobian):
+    the site names, minus its log density given a one-patient ``FitData``, and its sites
+    (random effects, individual values) at ``x``."""
     fn = handlers.condition(pop, data=cond)
     names = pop.patient_sites
 
@@ -334,11 +463,22 @@ def _individual_modes(pop, cond, data, key, *, laplace, draws, max_steps, exact)
             if (s["type"] == "deterministic" or k in names) and jnp.ndim(s["value"]) == 1
         }
 
+    return names, obj, sites
+
+
+@functools.partial(jax.jit, static_argnames=("pop", "laplace", "draws", "max_iter", "exact"))
+def _individual_modes(pop, cond, data, key, *, laplace, draws, max_iter, exact):
+    """Each patient's posterior mode of its random effects (population values held at
+    ``cond``), all patients at once under vmap; with ``laplace``, ``draws`` draws from the
+    normal approximation there. The random effects are unconstrained (standard normal
+    ``z_*`` sites), so the mode and the Laplace approximation need no change of variables.
+    Compiled once per population model and data shape: a repeat call costs milliseconds."""
+    names, obj, sites = _patient_functions(pop, cond)
     split = jax.tree.map(lambda a: a[:, None], data)  # N patients of one each
     x0 = jnp.zeros(len(names))
 
     def solve(d1):
-        x, ok, n = _minimise(obj, x0, d1, max_steps)
+        x, ok, n = _minimise(obj, x0, d1, max_iter)
         H = _hessian(obj, x, d1, exact) if laplace else jnp.eye(len(names))
         return x, ok, n, H
 
@@ -433,7 +573,8 @@ def fit(
     importance: bool = False,
     particles: int = 1,
     learning_rate: float = 0.01,
-    max_steps: int = 500,
+    max_iter: int = 500,
+    sampler: str = "auto",
     **options,
 ) -> Fit:
     """Fit ``model`` (a card) to ``data``.
@@ -459,12 +600,20 @@ def fit(
         SVI: optimisation steps, ``"mvn"`` (full-rank normal) or ``"diagonal"`` guide, the
         importance-weighted objective (IWAE, Renyi alpha = 0, with ``particles`` >= 2)
         followed by sampling-importance-resampling of the guide's draws.
-    max_steps
+    max_iter
         Iterations of the BFGS optimiser (MAP, Laplace).
+    sampler
+        NUTS for an individual fit (``prior=``), where the posterior factorises over
+        patients: ``"per_patient"`` runs independent samplers (``chains`` per patient, each
+        adapting its own step size and mass matrix; R-hat and divergences per patient) in
+        lock-step under ``vmap``; ``"joint"`` one sampler over all patients' random effects.
+        Lock-step costs the longest trajectory of all samplers at every iteration, so on CPU
+        ``"auto"`` picks per-patient samplers up to 64 samplers (patients x chains) and the
+        joint sampler above; on an accelerator, per-patient samplers.
     options
         Model options for :meth:`PopulationModel.build` (``error``, ``priors``, ``fixed``,
         ``variability``, ``covariance``, ``estimate_effects``, ``solver``, ``rtol``,
-        ``atol``).
+        ``atol``, ``max_steps``: ODE solver steps per interval between events).
 
     Notes
     -----
@@ -499,8 +648,16 @@ def fit(
     key = jax.random.key(seed)
     t0 = time.perf_counter()
     stats: dict[str, np.ndarray] = {}
+    per_patient = prior is not None and not any(s not in conditioned for s in pop.population_sites)
     if method == "nuts":
-        samples, stats, info = _nuts(
+        if sampler not in ("auto", "joint", "per_patient"):
+            raise ValueError(f"sampler must be 'auto', 'joint' or 'per_patient', not {sampler!r}")
+        if sampler == "per_patient" and not per_patient:
+            raise ValueError("sampler='per_patient' needs an individual fit (prior=POPULATION_FIT)")
+        if sampler == "auto":  # see the docstring
+            small = data.n_patients * chains <= _PER_PATIENT_MAX or jax.default_backend() != "cpu"
+            sampler = "per_patient" if per_patient and small else "joint"
+        samples, stats, info = (_nuts_per_patient if sampler == "per_patient" else _nuts)(
             pop,
             conditioned,
             data,
@@ -515,7 +672,6 @@ def fit(
             dense_mass=dense_mass,
         )
     elif method in ("map", "laplace"):
-        per_patient = prior is not None and not any(s not in conditioned for s in pop.population_sites)
         samples, info = _optimise(
             pop,
             conditioned,
@@ -525,7 +681,7 @@ def fit(
             draws=draws,
             per_patient=per_patient and init is None,
             init=init,
-            max_steps=max_steps,
+            max_iter=max_iter,
         )
     else:
         samples, info = _svi(

@@ -347,6 +347,8 @@ class PopulationModel:
             atol=self.atol,
             max_steps=self.max_steps,
             devices=1,
+            superposition=data.plain_doses,
+            infusions=data.infusions,
         )
         # A failed solve makes the draw impossible (NUTS treats it as a divergence).
         numpyro.factor("solver_ok", jnp.sum(jnp.where(status == 0, 0.0, -jnp.inf)))

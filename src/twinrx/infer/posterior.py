@@ -115,7 +115,12 @@ def to_datatree(fit: Fit, *, seed: int | None = None, predictive: bool = True) -
     if fit.stats:
         groups["sample_stats"] = xr.Dataset(
             {
+                # Individual fits run one sampler per patient: statistics per patient too.
                 k: xr.DataArray(np.asarray(v), dims=("chain", "draw"), coords=coords)
+                if np.ndim(v) == 2
+                else xr.DataArray(
+                    np.asarray(v), dims=("chain", "draw", "patient"), coords={**coords, "patient": ids}
+                )
                 for k, v in fit.stats.items()
             }
         )

@@ -1,0 +1,604 @@
+"""Virtual populations (twinrx.cohort) against independent references: scipy distributions
+and closed forms for the marginals and the Gaussian copula, the CPIC frequency table read
+here with the csv module and Hardy-Weinberg proportions for the genotypes, hand-computed
+Cockcroft-Gault values, and the model cards' covariate models written out by hand."""
+
+import csv
+import math
+import time
+import tomllib
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from scipy import special, stats
+
+import twinrx
+from twinrx import cohort
+from twinrx.data import pgx
+
+N = 100_000
+KEY = jax.random.key(20240611)
+FREQ_CSV = Path(__file__).resolve().parents[1] / "src" / "twinrx" / "data" / "cpic" / "frequencies.csv"
+
+SPEC_TOML = """
+[population]
+[population.covariates]
+SEX  = { dist = "categorical", levels = ["F", "M"], probabilities = [0.52, 0.48] }
+DIAL = { dist = "categorical", levels = ["no", "yes"], probabilities = [0.85, 0.15], by = { SEX = { F = { probabilities = [0.9, 0.1] } } } }
+AGE  = { dist = "uniform", low = 18, high = 90, unit = "yr" }
+WT   = { dist = "lognormal", median = 80, gcv = 0.2, unit = "kg", bounds = [45, 160], by = { SEX = { F = { median = 66 } } } }
+HT   = { dist = "normal", mean = 175, sd = 8, unit = "cm", by = { SEX = { F = { mean = 162, sd = 7 } } } }
+SCR  = { dist = "truncnormal", mean = 1.0, sd = 0.3, bounds = [0.4, 2.5], unit = "mg/dL" }
+ALB  = { dist = "normal", mean = 40, sd = 5, unit = "g/L" }
+VOL  = { dist = "lognormal", meanlog = 1.5, sdlog = 0.4 }
+[population.derived]
+CRCL = { formula = "cockcroft_gault" }
+BMI = "bmi"
+"""
+CORR = [["WT", "HT", 0.6], ["WT", "AGE", 0.2], ["HT", "AGE", -0.15]]
+
+
+def _spec(**extra):
+    d = tomllib.loads(SPEC_TOML)["population"]
+    d["correlations"] = CORR
+    d.update(extra)
+    return d
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return cohort.PopulationSpec.from_dict(_spec())
+
+
+@pytest.fixture(scope="module")
+def pop(spec):
+    return cohort.sample_population(spec, N, key=KEY)
+
+
+def _ks_ok(x, cdf):
+    # A correct marginal gives a uniform p-value; the draw is fixed by the key.
+    return stats.kstest(x, cdf).pvalue > 1e-3
+
+
+def _trunc(dist, lo, hi):
+    a, b = dist.cdf(lo), dist.cdf(hi)
+    return lambda x: (dist.cdf(x) - a) / (b - a)
+
+
+# ---------------------------------------------------------------------------------------
+# Marginals
+# ---------------------------------------------------------------------------------------
+def test_continuous_marginals_match_scipy(pop):
+    c = pop.covariates
+    male, female = c["SEX"] == "M", c["SEX"] == "F"
+    assert _ks_ok(c["AGE"], stats.uniform(18, 72).cdf)
+    assert _ks_ok(c["ALB"], stats.norm(40, 5).cdf)
+    assert _ks_ok(c["VOL"], stats.lognorm(s=0.4, scale=math.exp(1.5)).cdf)
+    assert _ks_ok(c["SCR"], stats.truncnorm((0.4 - 1) / 0.3, (2.5 - 1) / 0.3, loc=1, scale=0.3).cdf)
+    s = math.sqrt(math.log(1 + 0.2**2))  # geometric CV 20 %
+    assert _ks_ok(c["WT"][male], _trunc(stats.lognorm(s=s, scale=80), 45, 160))
+    assert _ks_ok(c["WT"][female], _trunc(stats.lognorm(s=s, scale=66), 45, 160))
+    assert _ks_ok(c["HT"][male], stats.norm(175, 8).cdf)
+    assert _ks_ok(c["HT"][female], stats.norm(162, 7).cdf)
+    # moments within Monte Carlo error
+    alb = c["ALB"]
+    assert abs(alb.mean() - 40) < 4 * 5 / math.sqrt(N)
+    assert abs(alb.std() - 5) < 4 * 5 / math.sqrt(2 * N)
+    vol = np.log(c["VOL"])
+    assert abs(np.median(c["VOL"]) - math.exp(1.5)) < 0.02 * math.exp(1.5)
+    assert abs(vol.std() - 0.4) < 4 * 0.4 / math.sqrt(2 * N)
+    # a wrong marginal is rejected by the same check
+    assert not _ks_ok(c["ALB"], stats.norm(40.1, 5).cdf)
+
+
+def test_truncation_respected(pop):
+    c = pop.covariates
+    assert c["SCR"].min() >= 0.4 and c["SCR"].max() <= 2.5
+    assert c["WT"].min() >= 45 and c["WT"].max() <= 160
+    # both tails of SCR are populated near the bounds (truncated, not clipped: no atoms)
+    assert np.sum(c["SCR"] == 0.4) == 0 and np.sum(c["SCR"] < 0.45) > 0
+
+
+def test_categorical_proportions(pop):
+    sex, dial = pop.covariates["SEX"], pop.covariates["DIAL"]
+    assert pop.levels["SEX"] == ("F", "M")
+    assert set(np.unique(sex)) == {"F", "M"}
+
+    def close(x, p):
+        return abs(x.mean() - p) < 4.5 * math.sqrt(p * (1 - p) / x.size)
+
+    assert close(sex == "F", 0.52)
+    assert close(dial[sex == "F"] == "yes", 0.10)
+    assert close(dial[sex == "M"] == "yes", 0.15)
+    assert not close(dial[sex == "F"] == "yes", 0.15)
+    np.testing.assert_array_equal(pop.codes["SEX"], (sex == "M").astype(int))
+
+
+def test_copula_correlations(pop):
+    c = pop.covariates
+    male = c["SEX"] == "M"
+    s = math.sqrt(math.log(1 + 0.2**2))
+    # normal scores of the (male) marginals
+    z = {
+        "WT": special.ndtri(_trunc(stats.lognorm(s=s, scale=80), 45, 160)(c["WT"][male])),
+        "HT": special.ndtri(stats.norm(175, 8).cdf(c["HT"][male])),
+        "AGE": special.ndtri(stats.uniform(18, 72).cdf(c["AGE"][male])),
+    }
+    m = int(male.sum())
+    for a, b, r in CORR:
+        got = np.corrcoef(z[a], z[b])[0, 1]
+        assert abs(got - r) < 4 * (1 - r**2) / math.sqrt(m), (a, b, got)
+        # Spearman's rho of a Gaussian copula: 6/pi * asin(r/2)
+        rho = stats.spearmanr(c[a][male], c[b][male]).statistic
+        assert abs(rho - 6 / math.pi * math.asin(r / 2)) < 0.015, (a, b, rho)
+    # uncorrelated covariates stay uncorrelated
+    assert abs(stats.spearmanr(c["ALB"], c["SCR"]).statistic) < 4 / math.sqrt(N)
+
+
+def test_correlation_forms_agree():
+    names = ["WT", "HT", "AGE"]
+    R = np.eye(3)
+    for a, b, r in CORR:
+        i, j = names.index(a), names.index(b)
+        R[i, j] = R[j, i] = r
+    as_matrix = cohort.PopulationSpec.from_dict(_spec(correlations={"names": names, "matrix": R.tolist()}))
+    as_pairs = cohort.PopulationSpec.from_dict(_spec())
+    a = cohort.sample_population(as_matrix, 1000, key=KEY)
+    b = cohort.sample_population(as_pairs, 1000, key=KEY)
+    np.testing.assert_array_equal(a.covariates["WT"], b.covariates["WT"])
+
+
+# ---------------------------------------------------------------------------------------
+# Derived covariates
+# ---------------------------------------------------------------------------------------
+def test_cockcroft_gault_hand_values():
+    d = {
+        "covariates": {
+            "SEX": {"dist": "categorical", "levels": ["male", "female"], "probabilities": [0.5, 0.5]},
+            "AGE": {"dist": "fixed", "value": 60, "unit": "yr"},
+            "WT": {"dist": "fixed", "value": 72, "unit": "kg"},
+            "SCR": {"dist": "fixed", "value": 106.08, "unit": "umol/L"},
+        },
+        "derived": {
+            "CRCL": {"formula": "cockcroft_gault"},
+            "CRCL60": {"formula": "cockcroft_gault", "clip": [0, 60]},
+        },
+    }
+    pop = cohort.sample_population(d, 200, key=KEY)
+    scr = 106.08 * 113.12 / 10_000  # umol/L x g/mol -> mg/dL (= 1.19998)
+    male = (140 - 60) * 72 / (72 * scr)  # 66.668 mL/min
+    female = 0.85 * male  # 56.668 mL/min
+    sex = pop.covariates["SEX"]
+    assert {"male", "female"} == set(sex)
+    np.testing.assert_allclose(pop.covariates["CRCL"], np.where(sex == "female", female, male), rtol=1e-12)
+    np.testing.assert_allclose(pop.covariates["CRCL60"], np.where(sex == "female", female, 60.0), rtol=1e-12)
+    assert pop.units["CRCL"] == "mL/min"
+    assert abs(male - 66.668) < 1e-3
+
+
+def test_derived_elementwise(pop):
+    c = pop.covariates
+    f = np.where(c["SEX"] == "F", 0.85, 1.0)
+    np.testing.assert_allclose(c["CRCL"], (140 - c["AGE"]) * c["WT"] / (72 * c["SCR"]) * f, rtol=1e-12)
+    np.testing.assert_allclose(c["BMI"], c["WT"] / (c["HT"] / 100) ** 2, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# Genotypes
+# ---------------------------------------------------------------------------------------
+def _csv_freqs():
+    out: dict = {}
+    with open(FREQ_CSV, encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            out.setdefault((r["gene"], r["group"]), {})[r["allele"]] = float(r["frequency"])
+    return out
+
+
+def _label(gene, a, b):
+    if gene == "VKORC1":  # reference base first
+        return "".join(sorted((a, b), key=lambda x: x != "G"))
+    return "/".join(sorted((a, b), key=lambda x: int(x[1:])))
+
+
+def test_frequency_table_sums_to_one():
+    for (gene, group), f in _csv_freqs().items():
+        assert abs(sum(f.values()) - 1) < 1e-8, (gene, group)
+    f = _csv_freqs()[("CYP2C9", "European")]
+    assert f["*2"] == pytest.approx(0.1273007) and f["*3"] == pytest.approx(0.07554484)
+    assert cohort.allele_frequencies("cyp2c9", "european")["*1"] == pytest.approx(1 - 0.1273007 - 0.07554484)
+
+
+def test_genotypes_hardy_weinberg_one_group():
+    n = N
+    pop = cohort.sample_population(
+        {"ancestry": "European", "genes": ["CYP2C9", "CYP2C19", "VKORC1"]}, n, key=KEY
+    )
+    table = _csv_freqs()
+    for gene in ("CYP2C9", "CYP2C19", "VKORC1"):
+        p = table[(gene, "European")]
+        alleles = list(p)
+        expected = {}
+        for i, a in enumerate(alleles):
+            for b in alleles[i:]:
+                expected[_label(gene, a, b)] = p[a] ** 2 if a == b else 2 * p[a] * p[b]
+        dips = pop.covariates[gene]
+        labels, counts = np.unique(dips, return_counts=True)
+        assert set(labels) <= set(expected), set(labels) - set(expected)
+        keys = list(expected)
+        obs = np.array([counts[list(labels).index(k)] if k in labels else 0 for k in keys])
+        exp = np.array([expected[k] * n for k in keys])
+        big = exp > 5  # chi-square on the cells with enough expected counts, the rest pooled
+        obs_c = np.append(obs[big], obs[~big].sum())
+        exp_c = np.append(exp[big], exp[~big].sum())
+        if exp_c[-1] == 0:
+            obs_c, exp_c = obs_c[:-1], exp_c[:-1]
+        assert stats.chisquare(obs_c, exp_c).pvalue > 1e-4, gene
+        # allele frequencies from the diplotypes
+        for a in alleles:
+            copies = sum(
+                cnt * (lab.split("/").count(a) if "/" in lab else lab.count(a))
+                for lab, cnt in zip(labels, counts)
+            )
+            assert abs(copies / (2 * n) - p[a]) < 4.5 * math.sqrt(p[a] * (1 - p[a]) / (2 * n)), (gene, a)
+    # phenotypes: CPIC's activity-score rule by hand for CYP2C9 (*1 1, *2 0.5, *3 0)
+    score = {"*1": 1.0, "*2": 0.5, "*3": 0.0}
+    term = {0.0: "Poor", 0.5: "Poor", 1.0: "Intermediate", 1.5: "Intermediate", 2.0: "Normal"}
+    ph, sc = pop.phenotypes["CYP2C9"], pop.activity_scores["CYP2C9"]
+    for lab in np.unique(pop.covariates["CYP2C9"]):
+        a, b = lab.split("/")
+        i = np.flatnonzero(pop.covariates["CYP2C9"] == lab)[0]
+        assert sc[i] == score[a] + score[b]
+        assert ph[i] == f"{term[score[a] + score[b]]} Metabolizer"
+    vk = pop.covariates["VKORC1"]
+    assert set(pop.phenotypes["VKORC1"][vk == "AA"]) == {"High warfarin sensitivity"}
+    c19 = pop.covariates["CYP2C19"]
+    assert set(pop.phenotypes["CYP2C19"][c19 == "*2/*17"]) == {"Intermediate Metabolizer"}
+    assert set(pop.phenotypes["CYP2C19"][c19 == "*17/*17"]) == {"Ultrarapid Metabolizer"}
+
+
+def test_ancestry_mixture_mixes():
+    n = N
+    pop = cohort.sample_population(
+        {"ancestry": {"European": 0.5, "East Asian": 0.5}, "genes": ["VKORC1"]}, n, key=KEY
+    )
+    anc, vk = pop.covariates[cohort.ANCESTRY], pop.covariates["VKORC1"]
+    assert abs((anc == "European").mean() - 0.5) < 4.5 * math.sqrt(0.25 / n)
+    table = _csv_freqs()
+    pa = {g: table[("VKORC1", g)]["A"] for g in ("European", "East Asian")}
+    for g, p in pa.items():
+        sub = vk[anc == g]
+        a = (np.char.count(sub.astype(str), "A").sum()) / (2 * sub.size)
+        assert abs(a - p) < 4.5 * math.sqrt(p * (1 - p) / (2 * sub.size)), g
+    # a mixture of two HWE groups (Wahlund): AA = mean of the groups' p^2, above pbar^2
+    aa = (vk == "AA").mean()
+    want = 0.5 * (pa["European"] ** 2 + pa["East Asian"] ** 2)
+    assert abs(aa - want) < 4.5 * math.sqrt(want * (1 - want) / n)
+    pbar = 0.5 * (pa["European"] + pa["East Asian"])
+    assert aa - pbar**2 > 10 * math.sqrt(want * (1 - want) / n)
+
+
+# ---------------------------------------------------------------------------------------
+# Per-patient parameters
+# ---------------------------------------------------------------------------------------
+VANCO_POP = {
+    "covariates": {
+        "SEX": {"dist": "categorical", "levels": ["F", "M"], "probabilities": [0.5, 0.5]},
+        # levels in the opposite order to the card's ["no", "yes"]: matched by name
+        "DIAL": {"dist": "categorical", "levels": ["yes", "no"], "probabilities": [0.3, 0.7]},
+        "AGE": {"dist": "uniform", "low": 20, "high": 85, "unit": "yr"},
+        "WT": {"dist": "lognormal", "median": 75, "gcv": 0.2, "unit": "kg"},
+        "SCR": {"dist": "lognormal", "median": 1.0, "sdlog": 0.3, "unit": "mg/dL"},
+    },
+    "derived": {"CRCL": {"formula": "cockcroft_gault", "clip": [0, 150]}},
+}
+
+
+@pytest.fixture(scope="module")
+def vanco():
+    return twinrx.get_model("vancomycin_goti_2018")
+
+
+@pytest.fixture(scope="module")
+def vpop():
+    return cohort.sample_population(VANCO_POP, 20_000, key=KEY)
+
+
+def test_vancomycin_typical_with_covariates(vanco, vpop):
+    p = cohort.individual_parameters(vanco, vpop, key=KEY, variability=False)
+    assert set(p) == {"CL", "V1", "Q", "V2", "CRCL", "WT", "DIAL", "eta_CL", "eta_V1", "eta_V2"}
+    iv = {k: np.asarray(v) for k, v in vanco.individual_values(p).items()}
+    c = vpop.covariates
+    dial = c["DIAL"] == "yes"
+    # Goti 2018: CL = 4.5 (CRCL/120)^0.8 x 0.7 on dialysis; V1 = 58.4 (WT/70) x 0.5 on dialysis
+    np.testing.assert_allclose(
+        iv["CL"], 4.5 * (c["CRCL"] / 120) ** 0.8 * np.where(dial, 0.7, 1.0), rtol=1e-12
+    )
+    np.testing.assert_allclose(iv["V1"], 58.4 * (c["WT"] / 70) * np.where(dial, 0.5, 1.0), rtol=1e-12)
+    np.testing.assert_allclose(iv["Q"], 6.5)
+    np.testing.assert_allclose(iv["V2"], 38.4)
+    np.testing.assert_array_equal(p["DIAL"], dial.astype(float))  # the card's codes: no 0, yes 1
+
+
+def test_vancomycin_variability_has_card_omega(vanco, vpop):
+    p0 = cohort.individual_parameters(vanco, vpop, key=KEY, variability=False)
+    p1 = cohort.individual_parameters(vanco, vpop, key=KEY)
+    i0, i1 = vanco.individual_values(p0), vanco.individual_values(p1)
+    n = vpop.n
+    for name, omega2 in (("CL", 0.147), ("V1", 0.510), ("V2", 0.282)):
+        r = np.log(np.asarray(i1[name]) / np.asarray(i0[name]))
+        sd = math.sqrt(omega2)
+        assert abs(r.std() - sd) < 4 * sd / math.sqrt(2 * n), name
+        assert abs(r.mean()) < 4 * sd / math.sqrt(n), name
+    assert np.all(np.asarray(i1["Q"]) == 6.5)
+
+
+def test_parameters_feed_simulate(vanco, vpop):
+    small = cohort.sample_population(VANCO_POP, 6, key=KEY)
+    p = cohort.individual_parameters(vanco, small, key=KEY)
+    ev = twinrx.EventTable.from_records([0.0], evid=[1], amt=[1000.0], cmt=[1], rate=[1000.0])
+    ds = twinrx.simulate(vanco, p, [ev] * small.n, times=[1.0, 12.0], ids=list(small.ids))
+    assert list(ds.patient.values) == [f"V00000{i}" for i in range(1, 7)]
+    assert np.all(ds.status.values == 0)
+    # at the end of a 1 h infusion of 1000 mg nearly all drug is still in the body: CP < 1000/V1
+    iv = vanco.individual_values(p)
+    assert np.all(ds.CP.sel(time=1.0).values < 1000 / np.asarray(iv["V1"]))
+
+
+def test_warfarin_genotype_effects(vpop):
+    m = twinrx.get_model("warfarin_hamberg_2007")
+    spec = {
+        "ancestry": {"European": 0.6, "Central/South Asian": 0.4},
+        "genes": ["CYP2C9", "VKORC1"],
+        "covariates": {"AGE": {"dist": "uniform", "low": 40, "high": 90, "unit": "years"}},
+    }
+    pop = cohort.sample_population(spec, 5000, key=KEY)
+    p = cohort.individual_parameters(m, pop, key=KEY, variability=False)
+    iv = m.individual_values(p)
+    cl = {"*1/*1": 1.0, "*1/*2": 0.685, "*1/*3": 0.547, "*2/*2": 0.278, "*2/*3": 0.310, "*3/*3": 0.148}
+    ec50 = {"GG": 1.0, "GA": 0.6551, "AA": 0.4772}
+    want_cl = 0.314 * np.array([cl[d] for d in pop.covariates["CYP2C9"]])
+    want_ec = 4.61 * np.array([ec50[d] for d in pop.covariates["VKORC1"]])
+    np.testing.assert_allclose(np.asarray(iv["CL"]), want_cl, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(iv["EC50"]), want_ec, rtol=1e-12)
+    np.testing.assert_array_equal(p["AGE"], pop.covariates["AGE"])
+    assert len(set(pop.covariates["CYP2C9"])) == 6
+
+
+def _fake_fit(model, covariance, draws=400):
+    from twinrx.infer import Fit, PopulationModel
+
+    pm = PopulationModel.build(model, covariance=covariance)
+    rng = np.random.default_rng(7)
+    s = {
+        "CL": 4.5 * np.exp(0.1 * rng.standard_normal(draws)),
+        "V1": np.full(draws, 58.4),
+        "Q": np.full(draws, 6.5),
+        "V2": np.full(draws, 38.4),
+        "omega_CL": np.full(draws, 0.3),
+        "omega_V1": rng.uniform(0.4, 0.6, draws),
+        "omega_V2": np.full(draws, 0.2),
+        "sigma_CP_add": np.full(draws, 3.0),
+        "sigma_CP_prop": np.full(draws, 0.2),
+    }
+    if covariance == "full":
+        R = np.array([[1.0, 0.6, 0.0], [0.6, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        s["L_corr"] = np.broadcast_to(np.linalg.cholesky(R), (draws, 3, 3))
+    return Fit(pop=pm, data=None, method="nuts", samples={k: np.asarray(v)[None] for k, v in s.items()})
+
+
+def test_parameters_from_a_population_fit(vanco, vpop):
+    fit = _fake_fit(vanco, "diagonal")
+    p = cohort.individual_parameters(vanco, vpop, key=KEY, source=fit)
+    n = vpop.n
+    cl_draws = fit.samples["CL"][0]
+    assert np.all(np.isin(p["CL"], cl_draws))  # every patient carries a posterior draw
+    assert len(np.unique(p["CL"])) > 300
+    ref = cohort.individual_parameters(vanco, vpop, key=KEY, variability=False)
+    r = np.log(np.asarray(vanco.individual_values(p)["CL"]) / np.asarray(vanco.individual_values(ref)["CL"]))
+    # parameter uncertainty and between-subject variability add up on the log scale
+    want = math.sqrt(np.var(np.log(cl_draws / 4.5)) + 0.3**2)
+    assert abs(r.std() - want) < 4 * want / math.sqrt(2 * n)
+    assert abs(p["eta_CL"].std() - 0.3) < 4 * 0.3 / math.sqrt(2 * n)
+    want_v1 = math.sqrt(np.mean(fit.samples["omega_V1"][0] ** 2))
+    assert abs(p["eta_V1"].std() - want_v1) < 4 * want_v1 / math.sqrt(2 * n)
+    assert abs(np.corrcoef(p["eta_CL"], p["eta_V1"])[0, 1]) < 4 / math.sqrt(n)
+
+    full = cohort.individual_parameters(vanco, vpop, key=KEY, source=_fake_fit(vanco, "full"))
+    rho = np.corrcoef(full["eta_CL"], full["eta_V1"])[0, 1]
+    assert abs(rho - 0.6) < 4 * (1 - 0.36) / math.sqrt(n)
+
+    with pytest.raises(ValueError, match="fit is of model"):
+        cohort.individual_parameters(twinrx.get_model("warfarin_hamberg_2007"), vpop, key=KEY, source=fit)
+
+
+def test_categorical_kind_mismatch_is_an_error(vanco):
+    pop = cohort.sample_population(
+        {"covariates": {"DIAL": {"dist": "normal", "mean": 0, "sd": 1}}}, 10, key=KEY
+    )
+    with pytest.raises(ValueError, match="DIAL"):
+        cohort.individual_parameters(vanco, pop, key=KEY)
+    pop = cohort.sample_population(
+        {
+            "covariates": {
+                "DIAL": {"dist": "categorical", "levels": ["no", "maybe"], "probabilities": [0.5, 0.5]}
+            }
+        },
+        10,
+        key=KEY,
+    )
+    with pytest.raises(ValueError, match="maybe"):
+        cohort.individual_parameters(vanco, pop, key=KEY)
+
+
+# ---------------------------------------------------------------------------------------
+# Determinism, round trip, dataset, speed
+# ---------------------------------------------------------------------------------------
+def test_same_key_same_population_different_key_differs(spec):
+    a = cohort.sample_population(spec, 2000, key=jax.random.key(1))
+    b = cohort.sample_population(spec, 2000, key=jax.random.key(1))
+    c = cohort.sample_population(spec, 2000, key=jax.random.key(2))
+    np.testing.assert_array_equal(a.ids, b.ids)
+    for name in a.covariates:
+        np.testing.assert_array_equal(a.covariates[name], b.covariates[name])
+    for name in ("AGE", "WT", "HT", "SCR", "ALB"):
+        assert not np.array_equal(a.covariates[name], c.covariates[name])
+    assert not np.array_equal(a.covariates["SEX"], c.covariates["SEX"])
+    # each covariate draws from its own stream: adding one leaves the others as they were
+    more = _spec()
+    more["covariates"]["EXTRA"] = {"dist": "normal", "mean": 0, "sd": 1}
+    d = cohort.sample_population(more, 2000, key=jax.random.key(1))
+    np.testing.assert_array_equal(a.covariates["WT"], d.covariates["WT"])
+    np.testing.assert_array_equal(a.covariates["SEX"], d.covariates["SEX"])
+    with pytest.raises(TypeError, match="key"):
+        cohort.sample_population(spec, 10, key=3)
+
+
+def test_spec_round_trip_and_hash(spec):
+    again = cohort.PopulationSpec.from_dict(spec.to_dict())
+    assert again == spec and hash(again) == hash(spec) and again.digest == spec.digest
+    other = cohort.PopulationSpec.from_dict(_spec(ancestry="European", genes=["CYP2C9"]))
+    assert other != spec and other.digest != spec.digest
+    assert cohort.PopulationSpec.from_dict(other.to_dict()) == other
+    assert {spec: 1}[again] == 1
+
+
+def test_to_dataset(pop):
+    small = cohort.sample_population(_spec(ancestry="East Asian", genes=["CYP2C19"]), 50, key=KEY)
+    ds = small.to_dataset()
+    assert ds.sizes == {"patient": 50}
+    assert ds.patient.values[0] == "V000001" and ds.patient.values[-1] == "V000050"
+    assert ds.WT.attrs["units"] == "kg" and ds.CRCL.attrs["units"] == "mL/min"
+    assert ds.SEX.attrs["levels"] == ["F", "M"]
+    assert ds.CYP2C19.attrs["levels"][0] == "*1/*1"
+    np.testing.assert_array_equal(ds.CYP2C19_phenotype.values, small.phenotypes["CYP2C19"])
+    assert (
+        cohort.PopulationSpec.from_dict(__import__("json").loads(ds.attrs["population_spec"])) == small.spec
+    )
+    with pytest.raises(ValueError):
+        small.covariates["WT"][0] = 1.0  # read-only
+
+
+def test_a_million_patients_is_vectorised():
+    spec = cohort.PopulationSpec.from_dict(
+        _spec(ancestry={"European": 0.5, "Latino": 0.5}, genes=["CYP2C9", "VKORC1"])
+    )
+    cohort.sample_population(spec, 1000, key=KEY)
+    t0 = time.perf_counter()
+    big = cohort.sample_population(spec, 1_000_000, key=KEY)
+    took = time.perf_counter() - t0
+    assert big.n == 1_000_000 and big.ids[-1] == "V1000000"
+    assert took < 15.0, f"{took:.1f} s for 10^6 patients"
+
+
+# ---------------------------------------------------------------------------------------
+# Bad specs
+# ---------------------------------------------------------------------------------------
+def _with_cov(name, table):
+    d = _spec()
+    d["covariates"][name] = table
+    return d
+
+
+BAD = [
+    (
+        _spec(correlations=[["WT", "HT", 0.9], ["WT", "AGE", 0.9], ["HT", "AGE", -0.9]]),
+        r"population\.correlations.*not positive definite.*weaken",
+    ),
+    (
+        _spec(correlations={"names": ["WT", "HT"], "matrix": [[1, 0.5], [0.4, 1]]}),
+        r"population\.correlations.*not symmetric",
+    ),
+    (_spec(correlations=[["WT", "SEX", 0.3]]), r"population\.correlations.*SEX.*not a random continuous"),
+    (
+        _with_cov("SEX", {"dist": "categorical", "levels": ["F", "M"], "probabilities": [0.5, 0.4]}),
+        r"population\.covariates\.SEX\.probabilities sum to 0\.9.*make them sum to 1",
+    ),
+    (_spec(ancestry="European", genes=["CYP9Z9"]), r"population\.genes.*CYP9Z9.*use one of"),
+    (_spec(ancestry="European", genes=["CYP2D6"]), r"population\.genes.*CYP2D6.*no allele frequencies"),
+    (_spec(ancestry="Martian", genes=["CYP2C9"]), r"population\.ancestry.*Martian.*use one of: European"),
+    (
+        _spec(ancestry="Oceanian", genes=["VKORC1"]),
+        r"population\.ancestry.*no VKORC1 allele frequencies for Oceanian",
+    ),
+    (_spec(ancestry={"European": 0.6, "Latino": 0.3}), r"population\.ancestry.*sum to 0\.9"),
+    (_spec(genes=["CYP2C9"]), r"population\.genes needs population\.ancestry"),
+    (_with_cov("X", {"dist": "truncnormal", "mean": 0, "sd": 1}), r"covariates\.X.*truncnormal needs bounds"),
+    (_with_cov("X", {"dist": "normal", "mean": 0, "sd": -1}), r"covariates\.X\.sd must be a positive number"),
+    (_with_cov("X", {"dist": "normal", "mu": 0, "sd": 1}), r"covariates\.X: unknown key 'mu'; allowed keys"),
+    (_with_cov("X", {"dist": "lognormal", "median": 5, "meanlog": 1}), r"covariates\.X: a lognormal needs"),
+    (
+        _with_cov("X", {"dist": "normal", "mean": 0, "sd": 1, "by": {"SEX": {"U": {"mean": 1}}}}),
+        r"covariates\.X\.by\.SEX: 'U' is not a level of SEX",
+    ),
+    (
+        _with_cov("X", {"dist": "normal", "mean": 0, "sd": 1, "bounds": [50, 60]}),
+        r"covariates\.X\.bounds exclude .* widen them",
+    ),
+    (
+        _spec(derived={"CRCL": {"formula": "cockcroft_gault", "scr": "CREAT"}}),
+        r"derived\.CRCL.*CREAT.*add CREAT",
+    ),
+    (
+        _spec(derived={"EGFR": {"formula": "mdrd"}}),
+        r"population\.derived\.EGFR\.formula must be one of cockcroft_gault",
+    ),
+    (_spec(size=10), r"population: unknown key 'size'"),
+]
+
+
+@pytest.mark.parametrize("d, message", BAD)
+def test_bad_specs_name_the_field_and_the_fix(d, message):
+    with pytest.raises(ValueError, match=message):
+        cohort.PopulationSpec.from_dict(d)
+
+
+def test_unit_that_does_not_convert():
+    d = _with_cov("SCR", {"dist": "normal", "mean": 1, "sd": 0.1, "unit": "kg"})
+    with pytest.raises(ValueError, match=r"derived\.CRCL: input scr = SCR has unit 'kg'"):
+        cohort.PopulationSpec.from_dict(d)
+
+
+def test_pgx_phenotype_agrees_for_every_level():
+    # every diplotype level the sampler can produce is a CPIC diplotype of pgx's tables
+    pop = cohort.sample_population({"ancestry": "Latino", "genes": ["CYP2C19"]}, 10, key=KEY)
+    for lab in pop.levels["CYP2C19"]:
+        assert pgx.phenotype("CYP2C19", lab).diplotype == lab
+
+
+def test_overrides_by_ancestry_fixed_values_and_spec_n():
+    d = {
+        "n": 4000,
+        "ancestry": {"European": 0.5, "East Asian": 0.5},
+        "covariates": {
+            "WT": {"dist": "normal", "mean": 80, "sd": 10, "by": {"ANCESTRY": {"East Asian": {"mean": 65}}}},
+            "DOSE": {"dist": "fixed", "value": 100, "by": {"ANCESTRY": {"East Asian": {"value": 75}}}},
+        },
+    }
+    pop = cohort.sample_population(d, key=KEY)
+    assert pop.n == 4000 and pop.spec.n == 4000
+    east = pop.covariates[cohort.ANCESTRY] == "East Asian"
+    np.testing.assert_array_equal(pop.covariates["DOSE"], np.where(east, 75.0, 100.0))
+    assert _ks_ok(pop.covariates["WT"][east], stats.norm(65, 10).cdf)
+    assert _ks_ok(pop.covariates["WT"][~east], stats.norm(80, 10).cdf)
+
+
+def test_module_docstring_example_is_a_valid_population():
+    doc = cohort.__doc__
+    block = doc[doc.index("    [population]\n") : doc.index("Distributions (``dist``)")]
+    text = "\n".join(line[4:] for line in block.splitlines())
+    pop = cohort.sample_population(tomllib.loads(text)["population"], 500, key=KEY)
+    assert set(pop.covariates) >= {
+        "ANCESTRY",
+        "SEX",
+        "AGE",
+        "WT",
+        "HT",
+        "SCR",
+        "DIAL",
+        "CRCL",
+        "CYP2C9",
+        "VKORC1",
+    }
+    assert pop.covariates["CRCL"].max() <= 150
