@@ -21,6 +21,10 @@ app = typer.Typer(
 )
 models_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="The model library.")
 app.add_typer(models_app, name="models")
+scenario_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode="markdown", help="Compare and optimise regimens on a twin."
+)
+app.add_typer(scenario_app, name="scenario")
 
 
 def _model_help() -> str:
@@ -389,6 +393,131 @@ def update(
     f = run_update(prev, new, seed=seed, warmup=warmup, **kw)
     write_fit(to_datatree(f), out)
     _print_fit(f, out)
+
+
+def _twin(scenario, twin: Path | None, patient: str | None, draws: int, seed: int):
+    import jax
+
+    from .scenarios import twin_draws
+
+    fit = None
+    if twin is not None:
+        from .infer import from_datatree
+        from .store import read_fit
+
+        fit = from_datatree(read_fit(twin))
+        if fit.model.name != scenario.model:
+            raise UserError(
+                f"the twin {twin} is a fit of {fit.model.name!r}, but the scenario uses {scenario.model!r}"
+            )
+        if patient is None and fit.data.n_patients > 1:
+            raise UserError(f"the twin has {fit.data.n_patients} patients: choose one with --patient ID")
+    key = jax.random.key(seed)
+    return twin_draws(
+        scenario.model,
+        key=key,
+        n=draws,
+        fit=fit,
+        patient=patient if patient is not None else 0,
+        covariates=dict(scenario.patient) if fit is None else None,
+    )
+
+
+@scenario_app.command("run")
+def scenario_run(
+    scenario: Path = typer.Argument(..., help="SCENARIO.toml (format: scenarios/README.md)."),
+    twin: Path = typer.Option(
+        None, "--twin", help="FIT.zarr: the patient's posterior (default: the card's population)."
+    ),
+    patient: str = typer.Option(None, "--patient", help="Patient id in the twin (when it holds several)."),
+    draws: int = typer.Option(1000, "--draws", help="Draws of the twin."),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="RESULT.zarr: metrics per regimen and draw, and the summary."
+    ),
+):
+    """Every regimen on every draw of the twin: per target the median and 90% interval of its
+    metric, the probability of target attainment (PTA) and the regimens' ranking.
+
+    Example: twinrx scenario run scenarios/vancomycin_auc_guided.toml --out vanco.zarr
+    """
+    from .scenarios import compare, load_scenario
+
+    sc = load_scenario(scenario)
+    ds = compare(sc, _twin(sc, twin, patient, draws, seed))
+    who = (
+        f"twin {twin.name}" + (f", patient {patient}" if patient else "") if twin else "the card's population"
+    )
+    typer.echo(f"{sc.name}: {len(sc.regimens)} regimens x {draws} draws of {who} (seed {seed})")
+    for t in ds.target.values:
+        unit = ds[str(t)].attrs.get("units", "")
+        typer.echo(f"\n{t} [{unit}]:")
+        rows = []
+        for r in np.argsort(ds["rank"].values):
+            sel = {"target": t, "regimen": ds.regimen.values[r]}
+            rows.append(
+                [
+                    str(ds.regimen.values[r]),
+                    _fmt(float(ds["median"].sel(sel))),
+                    f"{_fmt(float(ds['q05'].sel(sel)))} - {_fmt(float(ds['q95'].sel(sel)))}",
+                    f"{float(ds['pta'].sel(sel)):.1%}",
+                    str(int(ds["rank"].values[r])),
+                ]
+            )
+        _table(["regimen", "median", "90% interval", "PTA", "rank"], rows)
+    if ds.attrs["failed_draws"]:
+        typer.echo(
+            f"warning: {ds.attrs['failed_draws']} simulations failed (NaN metrics, excluded from the PTA)"
+        )
+    if out is not None:
+        from .store import write_store
+
+        write_store(ds, out, seed=str(seed), twin=twin.name if twin else "card population")
+        typer.echo(f"written to {out}")
+
+
+@scenario_app.command("optimise")
+def scenario_optimise(
+    scenario: Path = typer.Argument(..., help="SCENARIO.toml."),
+    twin: Path = typer.Option(
+        None, "--twin", help="FIT.zarr: the patient's posterior (default: the card's population)."
+    ),
+    patient: str = typer.Option(None, "--patient", help="Patient id in the twin."),
+    regimen: list[str] = typer.Option(None, "--regimen", help="Regimen(s) to optimise (default: all)."),
+    target: str = typer.Option(None, "--target", help="Target name (default: the first)."),
+    objective: str = typer.Option(
+        "pta", "--objective", help="pta (maximise attainment) | loss (log distance)."
+    ),
+    draws: int = typer.Option(500, "--draws"),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """The dose of each regimen (all its doses scaled by one factor) that maximises the
+    probability of target attainment over the twin's draws, found by differentiating
+    through the simulator.
+
+    Example: twinrx scenario optimise scenarios/vancomycin_auc_guided.toml --regimen "1000 mg q12h"
+    """
+    from .scenarios import load_scenario, optimise
+
+    sc = load_scenario(scenario)
+    d = _twin(sc, twin, patient, draws, seed)
+    names = regimen or [r.name for r in sc.regimens]
+    rows = []
+    for name in names:
+        r = optimise(sc, d, regimen=name, target=target, objective=objective)
+        doses = np.unique(np.round(r["doses"], 6))
+        rows.append(
+            [
+                name,
+                f"x{r['scale']:.3f}",
+                ", ".join(_fmt(float(x)) for x in doses),
+                _fmt(r["median"]),
+                f"{r['pta']:.1%}",
+            ]
+        )
+    tg = target or sc.targets[0].name
+    typer.echo(f"{sc.name}: best dose scale per regimen for {tg!r} ({objective}, {draws} draws, seed {seed})")
+    _table(["regimen", "scale", "doses (mg)", "median metric", "PTA"], rows)
 
 
 @app.command()
