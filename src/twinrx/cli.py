@@ -423,12 +423,15 @@ def _twin(scenario, twin: Path | None, patient: str | None, draws: int, seed: in
     )
 
 
+_TWIN_OPTION = typer.Option(
+    None, "--twin", help="FIT.zarr: the patient's posterior (default: the card's population)."
+)
+
+
 @scenario_app.command("run")
 def scenario_run(
     scenario: Path = typer.Argument(..., help="SCENARIO.toml (format: scenarios/README.md)."),
-    twin: Path = typer.Option(
-        None, "--twin", help="FIT.zarr: the patient's posterior (default: the card's population)."
-    ),
+    twin: Path = _TWIN_OPTION,
     patient: str = typer.Option(None, "--patient", help="Patient id in the twin (when it holds several)."),
     draws: int = typer.Option(1000, "--draws", help="Draws of the twin."),
     seed: int = typer.Option(0, "--seed"),
@@ -479,9 +482,7 @@ def scenario_run(
 @scenario_app.command("optimise")
 def scenario_optimise(
     scenario: Path = typer.Argument(..., help="SCENARIO.toml."),
-    twin: Path = typer.Option(
-        None, "--twin", help="FIT.zarr: the patient's posterior (default: the card's population)."
-    ),
+    twin: Path = _TWIN_OPTION,
     patient: str = typer.Option(None, "--patient", help="Patient id in the twin."),
     regimen: list[str] = typer.Option(None, "--regimen", help="Regimen(s) to optimise (default: all)."),
     target: str = typer.Option(None, "--target", help="Target name (default: the first)."),
