@@ -32,6 +32,7 @@ HEAVY = {
     "dask": {"scale"},
     "pandas": {"data", "testing"},
     "pint": {"model", "units"},
+    "matplotlib": {"plots"},
 }
 
 

@@ -1,0 +1,363 @@
+"""Figures: each builds, saves a valid PNG and SVG, has units on its axes and no more than the
+pseudonymous id in its title, and shows the right numbers. The numbers are read back from
+the artists and compared with the one-compartment oral closed form (Bateman function,
+superposed over doses), scipy's normal distribution and numpy's percentiles.
+
+The population posterior is written down directly (a ``Fit`` of known draws, so that the
+references are exact and no population fit is run); the individual fit is a real Laplace
+fit under it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import jax
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+pytest.importorskip("matplotlib")
+Image = pytest.importorskip("PIL.Image")
+
+import twinrx  # noqa: E402
+from twinrx import plots  # noqa: E402
+from twinrx.data.patient import Cohort, Dosing, Patient, Series  # noqa: E402
+from twinrx.infer import Fit, FitData, PopulationModel, fit  # noqa: E402
+from twinrx.scenarios import compare, load_scenario, twin_draws  # noqa: E402
+
+M = twinrx.get_model("one_cpt_oral")
+TYPICAL = {"CL": 5.0, "V": 50.0, "KA": 1.0}
+TIMES = np.array([0.5, 1.0, 2.0, 4.0, 8.0, 12.0, 24.0])
+DOSE = 100.0
+LLOQ = 0.2
+N = 6
+
+
+def bateman(t, cl, v, ka, dose_times=(0.0,), dose=DOSE):
+    """One-compartment oral concentration, superposed over doses (Gibaldi & Perrier)."""
+    t = np.asarray(t, float)
+    k = cl / v
+    c = 0.0
+    for td in dose_times:
+        s = np.maximum(t - td, 0.0)
+        c = c + dose * ka / (v * (ka - k)) * (np.exp(-k * s) - np.exp(-ka * s))
+    return c
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    rng = np.random.default_rng(11)
+    truth = {p: tv * np.exp(0.25 * rng.standard_normal(N)) for p, tv in TYPICAL.items()}
+    pats = []
+    for i in range(N):
+        y = bateman(TIMES, truth["CL"][i], truth["V"][i], truth["KA"][i]) + 0.05 * rng.standard_normal(7)
+        cens = np.zeros(7, np.int8)
+        if i == 0:  # the last level of the first patient is below the LLOQ
+            y[-1], cens[-1] = LLOQ, -1
+        s = Series("CP", "mg/L", TIMES, y, cens, np.full(7, LLOQ), kind="response")
+        pats.append(Patient(f"P{i}", series={"CP": s}, dosing=Dosing([0.0], [DOSE], cmt=[1])))
+    return Cohort(tuple(pats)), truth
+
+
+def _posterior(data, truth, *, S=150, spread=0.05, omega=0.3, sigma=0.05, seed=0):
+    """A population posterior of known draws around the true values (the shape a fit has)."""
+    pop = PopulationModel.build(M, data, error={"CP": "additive"})
+    rng = np.random.default_rng(seed)
+    smp = {}
+    for p, tv in TYPICAL.items():
+        smp[p] = tv * np.exp(spread * rng.standard_normal(S))
+        smp[f"omega_{p}"] = omega * np.exp(spread * rng.standard_normal(S))
+        smp[f"eta_{p}"] = np.log(truth[p] / tv) + spread * rng.standard_normal((S, N))
+        smp[f"{p}_i"] = smp[p][:, None] * np.exp(smp[f"eta_{p}"])
+    smp["sigma_CP"] = sigma * np.exp(spread * rng.standard_normal(S))
+    return Fit(pop, data, "laplace", {k: v[None] for k, v in smp.items()})
+
+
+@pytest.fixture(scope="module")
+def popfit(cohort):
+    c, truth = cohort
+    return _posterior(FitData.from_cohort(M, c), truth)
+
+
+def _check_files(make, tmp_path, name):
+    """The figure saved by ``path=``: a PNG that PIL reads, of a real size, and an SVG."""
+    png, svg = tmp_path / f"{name}.png", tmp_path / f"{name}.svg"
+    fig = make(png)
+    with Image.open(png) as im:
+        im.verify()
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] >= 600 and im.size[1] >= 400
+        assert len(set(np.asarray(im.convert("L")).ravel().tolist())) > 20  # not a blank page
+    assert png.stat().st_size > 20_000
+    make(svg)
+    assert ET.parse(svg).getroot().tag.endswith("svg") and svg.stat().st_size > 20_000
+    return fig
+
+
+def _artist(ax, gid):
+    found = [a for a in ax.get_children() if a.get_gid() == gid]
+    assert len(found) == 1, (gid, len(found))
+    return found[0]
+
+
+def _titles(fig):
+    out = [fig._suptitle.get_text()] if fig._suptitle is not None else []
+    return " ".join(out + [ax.get_title() for ax in fig.axes])
+
+
+def _obs(cohort_, i):
+    s = cohort_[i].series["CP"]
+    return s.time, s.value, s.censored
+
+
+# ------------------------------------------------------------------------------ individual fit
+def test_individual_fit_shows_levels_bands_doses_and_the_closed_form_median(cohort, popfit, tmp_path):
+    c, _ = cohort
+    ind = fit(M, c, method="laplace", prior=popfit, draws=200, seed=1)
+    fig = _check_files(
+        lambda p: plots.individual_fit(ind, "P0", key=jax.random.key(0), draws=200, path=p), tmp_path, "ind"
+    )
+    ax = fig.axes[0]
+    t, y, cens = _obs(c, 0)
+    ok = cens == 0
+    obs = _artist(ax, "observed")
+    assert np.allclose(obs.get_xdata(), t[ok]) and np.allclose(obs.get_ydata(), y[ok])
+    below = _artist(ax, "below")
+    assert below.get_xdata().tolist() == [24.0] and below.get_ydata().tolist() == [LLOQ]
+    assert below.get_markerfacecolor() == "none"  # open marker at the LLOQ
+    assert np.allclose(_artist(ax, "lloq").get_ydata(), LLOQ)
+    assert _artist(ax, "doses").get_xdata().tolist() == [0.0]
+    # The median line: all 200 draws (a permutation of them), simulated by the engine,
+    # against the closed form for each draw of the patient's CL_i, V_i, KA_i.
+    med = _artist(ax, "median")
+    tg, yg = np.asarray(med.get_xdata()), np.asarray(med.get_ydata())
+    cl, v, ka = (ind.samples[f"{p}_i"][0, :, 0][:, None] for p in ("CL", "V", "KA"))
+    assert np.allclose(yg, np.median(bateman(tg, cl, v, ka), axis=0), rtol=1e-6, atol=1e-9)
+    # ... and close to the closed form at the posterior median parameters (a narrow posterior)
+    at_median = bateman(tg, np.median(cl), np.median(v), np.median(ka))
+    big = at_median > 0.05 * at_median.max()
+    assert np.allclose(yg[big], at_median[big], rtol=0.03)
+    assert tg.min() == 0.0 and tg.max() >= 24.0 and len(tg) >= 400
+    assert ax.get_xlabel() == "Time (h)" and ax.get_ylabel() == "CP (mg/L)"
+    title = _titles(fig)
+    assert "P0" in title and not any(f"P{i}" in title for i in range(1, N))
+    with pytest.raises(ValueError, match="not in the fit"):
+        plots.individual_fit(ind, "Q9", key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"\.png or \.svg"):
+        plots.individual_fit(ind, 0, key=jax.random.key(0), path=tmp_path / "x.pdf")
+
+
+# ------------------------------------------------------------------------------ goodness of fit
+def test_goodness_of_fit_pred_ipred_and_npde_match_closed_forms(cohort, popfit, tmp_path):
+    c, _ = cohort
+    fig = _check_files(lambda p: plots.goodness_of_fit(popfit, path=p), tmp_path, "gof")
+    a_pred, a_ipred, a_npde = fig.axes
+    smp = {k: v[0] for k, v in popfit.samples.items()}
+    t = np.concatenate([_obs(c, i)[0] for i in range(N)])
+    y = np.concatenate([_obs(c, i)[1] for i in range(N)])
+    cens = np.concatenate([_obs(c, i)[2] for i in range(N)])
+    pat = np.repeat(np.arange(N), len(TIMES))
+    ok = cens == 0
+    # PRED: typical values at their posterior medians, no random effect
+    pred = bateman(t, *(np.median(smp[p]) for p in ("CL", "V", "KA")))
+    # IPRED: median over the 150 draws of each patient's prediction
+    f = bateman(t[None], *(smp[f"{p}_i"][:, pat] for p in ("CL", "V", "KA")))  # (S, n_obs)
+    ipred = np.median(f, axis=0)
+    dv_pred, dv_ipred = _artist(a_pred, "dv_PRED"), _artist(a_ipred, "dv_IPRED")
+    assert np.allclose(dv_pred.get_xdata(), pred[ok], rtol=1e-6) and np.allclose(dv_pred.get_ydata(), y[ok])
+    assert np.allclose(dv_ipred.get_xdata(), ipred[ok], rtol=1e-6)
+    cpred = _artist(a_pred, "cens_PRED")
+    assert cpred.get_ydata().tolist() == [LLOQ] and np.allclose(cpred.get_xdata(), pred[~ok])
+    # identity lines
+    for ax in (a_pred, a_ipred):
+        ident = [ln for ln in ax.get_lines() if ln.get_label() == "identity"][0]
+        assert np.array_equal(ident.get_xdata(), ident.get_ydata())
+    # NPDE: pd = mean over draws of P(y_rep < y) under the additive error, by scipy
+    sd = smp["sigma_CP"][:, None]
+    pd = norm.cdf((y[None] - f) / sd).mean(0)
+    pd_cens = 0.5 * norm.cdf((LLOQ - f[:, ~ok]) / sd).mean(0)
+    npde = _artist(a_npde, "npde")
+    assert np.allclose(npde.get_xdata(), t[ok])
+    assert np.allclose(npde.get_ydata(), norm.ppf(np.clip(pd[ok], 1e-3, 1 - 1e-3)), atol=1e-6)
+    assert np.allclose(_artist(a_npde, "npde_cens").get_ydata(), norm.ppf(pd_cens), atol=1e-6)
+    assert a_pred.get_xlabel() == "PRED (mg/L)" and a_pred.get_ylabel() == "DV CP (mg/L)"
+    assert a_ipred.get_xlabel() == "IPRED (mg/L)" and a_npde.get_xlabel() == "Time (h)"
+    assert "NPDE" in a_npde.get_ylabel() and "(" in a_npde.get_ylabel()
+    assert not any(f"P{i}" in _titles(fig) for i in range(N))
+
+
+# ------------------------------------------------------------------------------ VPC
+def _band(ax, label):
+    """(x, lower, upper) of a fill_between band, from its polygon's vertices."""
+    poly = [a for a in ax.collections if a.get_label() == label][0]
+    v = poly.get_paths()[0].vertices
+    n = (len(v) - 3) // 2  # (x0, hi0), the lower edge, (xn, hin), the upper edge reversed, (x0, hi0)
+    return v[1 : n + 1, 0], v[1 : n + 1, 1], v[n + 2 : 2 * n + 2, 1][::-1]
+
+
+def test_pcvpc_observed_percentiles_and_simulated_regions(cohort, popfit, tmp_path):
+    c, truth = cohort
+    edges = [0.0, 1.5, 6.0, 16.0, 30.0]
+    fig = _check_files(
+        lambda p: plots.vpc(popfit, key=jax.random.key(2), n_sim=150, bins=edges, path=p), tmp_path, "vpc"
+    )
+    ax = fig.axes[0]
+    t = np.concatenate([_obs(c, i)[0] for i in range(N)])
+    y = np.concatenate([_obs(c, i)[1] for i in range(N)])
+    ok = np.concatenate([_obs(c, i)[2] for i in range(N)]) == 0
+    smp = {k: v[0] for k, v in popfit.samples.items()}
+    pred = bateman(t, *(np.median(smp[p]) for p in ("CL", "V", "KA")))
+    which = np.digitize(t, edges[1:-1], right=True)
+    want_x, want = [], {5: [], 50: [], 95: []}
+    for b in range(4):
+        sel = ok & (which == b)
+        pc = y[sel] * np.median(pred[sel]) / pred[sel]  # Bergstrand 2011
+        want_x.append(np.median(t[sel]))
+        for q in want:
+            want[q].append(np.percentile(pc, q))
+    for q in (5, 50, 95):
+        line = _artist(ax, f"observed_p{q}")
+        assert np.allclose(line.get_xdata(), want_x) and np.allclose(line.get_ydata(), want[q], rtol=1e-9)
+    assert ax.get_xlabel() == "Time (h)" and ax.get_ylabel() == "prediction-corrected CP (mg/L)"
+    # Without variability, every simulated value is its prediction; corrected, the bin's
+    # median prediction: the simulated regions collapse onto it.
+    still = _posterior(popfit.data, truth, spread=0.0, omega=1e-9, sigma=1e-9)
+    fig0 = plots.vpc(still, key=jax.random.key(3), n_sim=150, bins=edges)
+    pred0 = bateman(t, *TYPICAL.values())
+    ref = [np.median(pred0[ok & (which == b)]) for b in range(4)]
+    x, lo, hi = _band(fig0.axes[0], "simulated median, 90 % CI")
+    assert np.allclose(x, want_x) and np.allclose(lo, ref, rtol=1e-6) and np.allclose(hi, ref, rtol=1e-6)
+
+
+def test_vpc_residual_error_regions_match_a_numpy_monte_carlo(cohort, popfit):
+    c, truth = cohort
+    sigma = 0.1
+    noisy = _posterior(popfit.data, truth, spread=0.0, omega=1e-9, sigma=sigma)
+    fig = plots.vpc(noisy, key=jax.random.key(4), n_sim=150, prediction_corrected=False)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "CP (mg/L)"
+    # default bins: one per distinct time; at 2 h, 6 patients of N(PRED, sigma^2) per replicate
+    f2 = bateman(2.0, *TYPICAL.values())
+    rng = np.random.default_rng(0)
+    reps = np.percentile(f2 + sigma * rng.standard_normal((20000, N)), [5, 50, 95], axis=1)  # (3, reps)
+    ref = np.quantile(reps, [0.05, 0.95], axis=1)  # (2, 3)
+    x, lo, hi = _band(ax, "simulated median, 90 % CI")
+    assert np.allclose(x, TIMES)
+    i2 = list(TIMES).index(2.0)
+    assert lo[i2] == pytest.approx(ref[0, 1], abs=0.3 * sigma)
+    assert hi[i2] == pytest.approx(ref[1, 1], abs=0.3 * sigma)
+    x, lo, hi = _band(ax, "simulated 5th/95th pct, 90 % CI")  # the 5th percentile's region
+    assert lo[i2] == pytest.approx(ref[0, 0], abs=0.4 * sigma)
+    assert hi[i2] == pytest.approx(ref[1, 0], abs=0.4 * sigma)
+
+
+# ------------------------------------------------------------------------------ scenarios
+SCENARIO = """
+[scenario]
+name = "oral regimens"
+model = "one_cpt_oral"
+horizon = 48.0
+step = 0.1
+
+[[regimens]]
+name = "100 mg q12h"
+dose = 100
+cmt = "depot"
+every = 12
+
+[[regimens]]
+name = "200 mg q24h"
+dose = 200
+cmt = "depot"
+every = 24
+
+[[regimens]]
+name = "50 mg q12h"
+dose = 50
+cmt = "depot"
+every = 12
+
+[[targets]]
+name = "trough"
+metric = "trough"
+window = [36.0, 48.0]
+low = 0.5
+high = 2.0
+
+[[targets]]
+name = "AUC24"
+metric = "auc24"
+window = [24.0, 48.0]
+low = 30.0
+high = 60.0
+"""
+
+
+def test_scenario_comparison_bands_and_attainment_bars(tmp_path):
+    sc = load_scenario(SCENARIO)
+    draws = twin_draws(M, key=jax.random.key(5), n=120)
+    res = compare(sc, draws)
+    fig = _check_files(lambda p: plots.scenario_comparison(res, sc, draws=draws, path=p), tmp_path, "scen")
+    left, right = fig.axes
+    # Bars: widths are the PTA, regimens top-down in rank order, labelled in percent
+    for tname in res["target"].values:
+        for reg in res["regimen"].values:
+            bar = _artist(right, f"pta|{tname}|{reg}")
+            assert bar.get_width() == float(res["pta"].sel(target=tname, regimen=reg))
+    ranked = [str(r) for r in res["regimen"].values[np.argsort(res["rank"].values)]]
+    labels = [tk.get_text() for tk in right.get_yticklabels()]
+    assert labels == [f"{i + 1}. {r}" for i, r in enumerate(ranked)]
+    assert right.yaxis_inverted()  # rank 1 on top
+    texts = sorted(tx.get_text() for tx in right.texts)
+    assert texts == sorted(f"{100 * p:.0f} %" for p in res["pta"].values.ravel())
+    assert "%" in right.get_xlabel()
+    # The trough target as a box over its window and range; the AUC target has none
+    box = _artist(left, "target|trough")
+    assert (box.get_x(), box.get_width(), box.get_y(), box.get_height()) == (36.0, 12.0, 0.5, 1.5)
+    assert not [a for a in left.get_children() if a.get_gid() == "target|AUC24"]
+    # Median band of one regimen against the superposed closed form over the 120 draws
+    med = _artist(left, "median|100 mg q12h")
+    tg = np.asarray(med.get_xdata())
+    cl, v, ka = (TYPICAL[p] * np.exp(np.asarray(draws[f"eta_{p}"]))[:, None] for p in ("CL", "V", "KA"))
+    ref = np.median(bateman(tg, cl, v, ka, dose_times=(0.0, 12.0, 24.0, 36.0, 48.0)), axis=0)
+    assert np.allclose(med.get_ydata(), ref, rtol=1e-6, atol=1e-9)
+    assert left.get_xlabel() == "Time (h)" and left.get_ylabel() == "CP (mg/L)"
+    assert "oral regimens" in _titles(fig)
+    only = plots.scenario_comparison(res, sc)  # no draws, no key: the attainment panel alone
+    assert len(only.axes) == 1
+
+
+# ------------------------------------------------------------------------------ pair plot
+def test_pair_plot_shows_the_draws(popfit, tmp_path):
+    fig = _check_files(lambda p: plots.pair_plot(popfit, path=p), tmp_path, "pair")
+    ax = np.asarray(fig.axes).reshape(3, 3)
+    smp = {k: v[0] for k, v in popfit.samples.items()}
+    pts = ax[1, 0].get_lines()[0]
+    assert np.array_equal(pts.get_xdata(), smp["CL"]) and np.array_equal(pts.get_ydata(), smp["V"])
+    assert sum(p.get_height() for p in ax[0, 0].patches) == 150  # histogram of all draws
+    assert ax[2, 0].get_xlabel() == "CL (L/h)" and ax[1, 0].get_ylabel() == "V (L)"
+    assert ax[2, 2].get_xlabel() == "KA (1/h)" and not ax[0, 2].axison
+    ind = plots.pair_plot(popfit, patient="P2")
+    a = np.asarray(ind.axes).reshape(3, 3)
+    pts = a[2, 1].get_lines()[0]
+    assert np.array_equal(pts.get_xdata(), smp["V_i"][:, 2]) and np.array_equal(
+        pts.get_ydata(), smp["KA_i"][:, 2]
+    )
+    assert a[2, 0].get_xlabel() == "CL_i (L/h)"
+    title = _titles(ind)
+    assert "P2" in title and not any(f"P{i}" in title for i in (0, 1, 3, 4, 5))
+    with pytest.raises(ValueError, match="per-patient"):
+        plots.pair_plot(popfit, ["CL_i", "V_i"])
+    point = Fit(popfit.pop, popfit.data, "map", {k: v[:, :1] for k, v in popfit.samples.items()})
+    with pytest.raises(ValueError, match="needs posterior draws"):
+        plots.pair_plot(point)
+
+
+def test_matplotlib_is_imported_only_when_a_figure_is_made():
+    code = (
+        "import sys, twinrx, twinrx.infer, twinrx.scenarios, twinrx.plots; "
+        "assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
