@@ -444,10 +444,14 @@ def scenario_run(
 
     Example: twinrx scenario run scenarios/vancomycin_auc_guided.toml --out vanco.zarr
     """
+    import jax
+
     from .scenarios import compare, load_scenario
 
     sc = load_scenario(scenario)
-    ds = compare(sc, _twin(sc, twin, patient, draws, seed))
+    # The twin's draws from one stream, what the scenario makes random (adherence,
+    # within-patient variability) from another.
+    ds = compare(sc, _twin(sc, twin, patient, draws, seed), key=jax.random.key(seed + 1))
     who = (
         f"twin {twin.name}" + (f", patient {patient}" if patient else "") if twin else "the card's population"
     )
@@ -498,14 +502,17 @@ def scenario_optimise(
 
     Example: twinrx scenario optimise scenarios/vancomycin_auc_guided.toml --regimen "1000 mg q12h"
     """
+    import jax
+
     from .scenarios import load_scenario, optimise
 
     sc = load_scenario(scenario)
     d = _twin(sc, twin, patient, draws, seed)
-    names = regimen or [r.name for r in sc.regimens]
+    names = regimen or [r.name for r in sc.regimens if not r.rules]
+    skipped = [r.name for r in sc.regimens if r.rules and r.name not in names]
     rows = []
     for name in names:
-        r = optimise(sc, d, regimen=name, target=target, objective=objective)
+        r = optimise(sc, d, regimen=name, target=target, objective=objective, key=jax.random.key(seed + 1))
         doses = np.unique(np.round(r["doses"], 6))
         rows.append(
             [
@@ -519,6 +526,8 @@ def scenario_optimise(
     tg = target or sc.targets[0].name
     typer.echo(f"{sc.name}: best dose scale per regimen for {tg!r} ({objective}, {draws} draws, seed {seed})")
     _table(["regimen", "scale", "doses (mg)", "median metric", "PTA"], rows)
+    if skipped:
+        typer.echo(f"not optimised (their rules set the doses): {'; '.join(skipped)}")
 
 
 @app.command()

@@ -9,7 +9,11 @@ ranking. :func:`optimise` finds the dose that maximises the PTA (or minimises an
 loss) by differentiating through the simulator.
 
 Every regimen is expanded into one record per dose (no ADDL), so that each dose's amount
-and time are ordinary arrays: traced for optimisation, perturbed for adherence.
+and time are ordinary arrays: traced for optimisation, perturbed per draw for adherence
+(:class:`Adherence`: missed doses are amounts of 0, late doses shifted times), and changed
+per draw by feedback rules (:class:`Rule`: measure the simulated patient at decision times,
+then scale, set, hold or add doses). Every draw keeps the same fixed-shape events, so one
+compiled simulation serves all draws and all decisions.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from .units import conversion
 
 __all__ = [
     "DoseBlock",
+    "Adherence",
+    "Condition",
+    "Rule",
     "Regimen",
     "Target",
     "Scenario",
@@ -43,19 +50,23 @@ __all__ = [
     "twin_draws",
     "compare",
     "optimise",
+    "with_amounts",
     "METRICS",
+    "RULE_METRICS",
 ]
 
 METRICS = ("auc", "auc24", "cmax", "cmin", "trough", "value", "time_in_range")
+RULE_METRICS = ("value", "trough", "auc", "auc24", "cmax", "cmin")
 _EPS = 1e-6  # h: a trough is read this long before the dose that ends its window
 
 
 # ------------------------------------------------------------------------------ regimens
 @dataclasses.dataclass(frozen=True)
 class DoseBlock:
-    """A repeated dose: ``amount`` (in the model's amount unit, or per kg of ``WT`` when
-    ``per_kg``) every ``every`` hours from ``start``, ``count`` times (or until ``stop``, or
-    to the horizon), into compartment ``cmt``, as a bolus or an infusion of ``duration`` h."""
+    """A repeated dose: ``amount`` (in the compartment's amount unit, or per kg of ``WT``
+    when ``per_kg``) every ``every`` hours from ``start``, ``count`` times (or until
+    ``stop``, or to the horizon), into compartment ``cmt``, as a bolus or an infusion of
+    ``duration`` h."""
 
     amount: float
     cmt: str
@@ -79,27 +90,162 @@ class DoseBlock:
 
 
 @dataclasses.dataclass(frozen=True)
+class Adherence:
+    """How the patient takes a regimen's doses (not the scenario's background doses).
+
+    Random: each dose is missed with probability ``missed`` (independently), and a taken
+    dose is late by ``delay_mean + delay_sd * z`` (``z`` standard normal; negative is
+    early; a dose never moves before time 0), drawn per twin draw from an explicit key.
+    Recorded: ``record`` gives, per dose in time order, the fraction of it taken (1 taken,
+    0 missed, 0.5 half a tablet) and ``delays`` its delay; doses past the end of a record
+    follow the random part (or the plan, without one). Times are in the model's time unit
+    (h for every PK card).
+    """
+
+    missed: float = 0.0
+    delay_sd: float = 0.0
+    delay_mean: float = 0.0
+    record: tuple[float, ...] = ()
+    delays: tuple[float, ...] = ()
+
+    @property
+    def random(self) -> bool:
+        return self.missed > 0 or self.delay_sd > 0
+
+    def pattern(self, n_doses: int, n: int, *, key=None) -> tuple[np.ndarray, np.ndarray]:
+        """``(taken, delay)``, each ``(n, n_doses)``: the fraction of each dose taken and its
+        delay (h), for ``n`` draws."""
+        taken = np.ones((n, n_doses))
+        delay = np.full((n, n_doses), float(self.delay_mean))
+        if self.random:
+            if key is None:
+                raise ValueError(
+                    "a regimen with random adherence (missed or delay_sd) needs an explicit key: "
+                    "compare(..., key=jax.random.key(seed))"
+                )
+            ku, kz = jax.random.split(key)
+            taken = (np.asarray(jax.random.uniform(ku, (n, n_doses))) >= self.missed).astype(float)
+            delay = delay + self.delay_sd * np.asarray(jax.random.normal(kz, (n, n_doses)))
+        k = min(len(self.record), n_doses)
+        taken[:, :k] = np.asarray(self.record[:k], float)
+        k = min(len(self.delays), n_doses)
+        delay[:, :k] = np.asarray(self.delays[:k], float)
+        return taken, delay
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    """One branch of a :class:`Rule`: when ``above <= measured < below``, change the
+    regimen's doses from the decision time on.
+
+    ``scale`` multiplies them, ``target`` multiplies them by ``target / measured``
+    (proportional adjustment, exact for a linear model at steady state), ``set_to`` sets
+    them (at most one of the three); ``hold`` skips the next ``hold`` of them; ``add``
+    gives an extra dose of that amount at the decision time."""
+
+    above: float = -math.inf
+    below: float = math.inf
+    scale: float | None = None
+    target: float | None = None
+    set_to: float | None = None
+    hold: int = 0
+    add: float | None = None
+
+    def holds(self, m: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return np.isfinite(m) & (m >= self.above) & (m < self.below)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A feedback rule: at each decision time, measure ``metric`` of ``output`` on the
+    simulated patient and apply the first of ``when``'s conditions that holds.
+
+    Decision times: ``at`` and/or every ``every`` h from ``start`` to before ``stop`` (the
+    horizon by default). The measurement is taken before any dose at the decision time:
+    ``value``/``trough`` the level just before it; ``auc``, ``auc24``, ``cmax``, ``cmin``
+    over the ``over`` hours before it, or over an absolute ``window`` (which may lie after
+    the decision: a forecast under the doses planned so far, as model-informed dosing
+    software gives). New amounts are rounded to multiples of ``round_to`` (when > 0) and
+    kept within ``[min_dose, max_dose]``."""
+
+    output: str
+    metric: str
+    when: tuple[Condition, ...]
+    at: tuple[float, ...] = ()
+    every: float | None = None
+    start: float | None = None
+    stop: float | None = None
+    over: float | None = None
+    window: tuple[float, float] | None = None
+    round_to: float = 0.0
+    min_dose: float = 0.0
+    max_dose: float = math.inf
+    name: str = ""
+
+    def times(self, horizon: float) -> np.ndarray:
+        """Decision times in (0, horizon), sorted."""
+        ts = list(self.at)
+        if self.every is not None:
+            t0 = self.every if self.start is None else self.start
+            end = horizon if self.stop is None else min(self.stop, horizon)
+            ts += [t0 + k * self.every for k in range(int(math.ceil((end - t0) / self.every - 1e-9)))]
+        return np.unique(np.asarray([t for t in ts if 0 < t < horizon], float))
+
+    def measurement(self, t: float) -> Target:
+        """The measurement at decision time ``t`` as a :class:`Target` (its window and metric)."""
+        if self.window is not None:
+            return Target(self.name, self.output, self.metric, self.window)
+        if self.metric in ("value", "trough"):
+            return Target(self.name, self.output, "trough", (max(t - 1.0, 0.0), t))
+        return Target(self.name, self.output, self.metric, (max(t - float(self.over), 0.0), t))
+
+    def apply(self, m: np.ndarray, t: float, amt: np.ndarray, plan: _Plan, index: int) -> np.ndarray:
+        """New planned amounts ``(n, R)`` after the decision at ``t`` on measurements ``m``
+        (``(n,)``); every draw is decided on its own measurement."""
+        future = np.nonzero(plan.own & (plan.time >= t - 1e-9))[0]  # time-sorted record indices
+        decided = np.zeros(m.shape[0], bool)
+        out = amt.copy()
+        for cond in self.when:
+            hit = cond.holds(m) & ~decided
+            decided |= hit
+            if not hit.any():
+                continue
+            new = amt[hit][:, future]
+            factor = None
+            if cond.scale is not None:
+                factor = np.full(int(hit.sum()), cond.scale)
+            elif cond.target is not None:
+                mh = m[hit]
+                factor = np.where(mh > 0, cond.target / np.where(mh > 0, mh, 1.0), 1.0)
+            if factor is not None or cond.set_to is not None:
+                new = new * factor[:, None] if factor is not None else np.full_like(new, cond.set_to)
+                if self.round_to > 0:
+                    new = np.round(new / self.round_to) * self.round_to
+                new = np.clip(new, self.min_dose, self.max_dose)
+            if cond.hold:
+                new[:, : cond.hold] = 0.0
+            rows = np.nonzero(hit)[0]
+            out[np.ix_(rows, future)] = new
+            if cond.add is not None:
+                out[rows, plan.slots[(index, float(t))]] = cond.add
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
 class Regimen:
     """A named regimen: dose blocks (a loading dose, a maintenance schedule, a switch of
-    route or drug at a time) given in order."""
+    route or drug at a time) given in order, how the patient takes them (``adherence``),
+    and feedback ``rules`` (therapeutic drug monitoring, titration)."""
 
     name: str
     blocks: tuple[DoseBlock, ...]
+    adherence: Adherence | None = None
+    rules: tuple[Rule, ...] = ()
 
     def doses(self, model, horizon: float, weight: float | None = None):
         """(time, amount, compartment index, duration) of every dose, sorted by time."""
-        rows = []
-        for b in self.blocks:
-            amt = b.amount
-            if b.per_kg:
-                if weight is None:
-                    raise ValueError(
-                        f"regimen {self.name!r} doses per kg, but the patient has no weight: give WT in "
-                        "[patient] (or the twin's data)"
-                    )
-                amt = amt * weight
-            ci = model.compartment_index(b.cmt)
-            rows += [(t, amt, ci, b.duration) for t in b.times(horizon)]
+        rows = _block_rows(self.blocks, model, horizon, weight, f"regimen {self.name!r}")
         if not rows:
             raise ValueError(f"regimen {self.name!r} gives no dose within the horizon ({horizon} h)")
         rows.sort(key=lambda r: r[0])
@@ -107,9 +253,26 @@ class Regimen:
         return t.astype(float), a.astype(float), c.astype(int), d.astype(float)
 
     def events(self, model, horizon: float, weight: float | None = None) -> EventTable:
+        """The planned doses (full adherence, no rules) as one patient's events."""
         t, a, c, d = self.doses(model, horizon, weight)
         rate = np.where(d > 0, a / np.where(d > 0, d, 1.0), 0.0)
         return EventTable.from_records(t, np.ones_like(c), a, c + 1, rate=rate, n_cmt=model.n_state)
+
+
+def _block_rows(blocks, model, horizon, weight, who):
+    rows = []
+    for b in blocks:
+        amt = b.amount
+        if b.per_kg:
+            if weight is None:
+                raise ValueError(
+                    f"{who} doses per kg, but the patient has no weight: give WT in "
+                    "[patient] (or the twin's data)"
+                )
+            amt = amt * weight
+        ci = model.compartment_index(b.cmt)
+        rows += [(float(t), amt, ci, b.duration) for t in b.times(horizon)]
+    return rows
 
 
 def with_amounts(events: EventTable, amounts) -> EventTable:
@@ -127,8 +290,8 @@ class Target:
     ``metric``: ``auc`` (integral over the window), ``auc24`` (the same per 24 h),
     ``cmax``, ``cmin``, ``trough`` (just before the end of the window: put the window's end
     at a dose), ``value`` (at the window's end), ``time_in_range`` (fraction of the window
-    with ``low <= C <= high``; its target is ``min_fraction``). ``low``/``high``: the range
-    (either may be omitted).
+    with ``low <= C <= high``; its target is ``min_fraction <= fraction <= max_fraction``).
+    ``low``/``high``: the range (either may be omitted).
     """
 
     name: str
@@ -138,6 +301,7 @@ class Target:
     low: float = -math.inf
     high: float = math.inf
     min_fraction: float = 0.0
+    max_fraction: float = 1.0
 
     def __post_init__(self):
         if self.metric not in METRICS:
@@ -151,6 +315,11 @@ class Target:
             )
         if self.metric == "time_in_range" and not (math.isfinite(self.low) or math.isfinite(self.high)):
             raise ValueError(f"target {self.name!r}: time_in_range needs low and/or high")
+        if not 0.0 <= self.min_fraction <= self.max_fraction <= 1.0:
+            raise ValueError(
+                f"target {self.name!r}: need 0 <= min_fraction <= max_fraction <= 1, got "
+                f"{self.min_fraction} and {self.max_fraction}"
+            )
 
     def value(self, t, c):
         """The metric of one trajectory ``c`` on the grid ``t`` (jnp; differentiable)."""
@@ -167,21 +336,28 @@ class Target:
             return jnp.min(jnp.where(inside, c, jnp.inf))
         if self.metric in ("trough", "value"):
             return c[jnp.argmin(jnp.abs(t - (b - _EPS if self.metric == "trough" else b)))]
-        ok = (c >= self.low) & (c <= self.high)  # time_in_range on the grid's intervals
+        # time_in_range on the grid's intervals (as floats: bool + bool is a logical or)
+        ok = ((c >= self.low) & (c <= self.high)).astype(float)
         w = jnp.where(inside[1:] & inside[:-1], jnp.diff(t), 0.0)
         return jnp.sum(w * 0.5 * (ok[1:] + ok[:-1])) / (b - a)
 
     def attained(self, m):
         if self.metric == "time_in_range":
-            return m >= self.min_fraction
+            return (m >= self.min_fraction) & (m <= self.max_fraction)
         return (m >= self.low) & (m <= self.high)
+
+
+def _window_points(a: float, b: float, step: float) -> np.ndarray:
+    return np.concatenate([np.arange(a, b + 1e-9, step), [a, b, max(b - _EPS, 0.0)]])
 
 
 # ------------------------------------------------------------------------------ scenario
 @dataclasses.dataclass(frozen=True)
 class Scenario:
-    """A frozen scenario: model, regimens, targets, horizon, output grid and the twin's
-    covariates when no fit is given."""
+    """A frozen scenario: model, regimens, targets, horizon, output grid, the twin's
+    covariates (and fixed parameter values) when no fit is given, background doses every
+    regimen shares (meals, a co-medication), and within-patient variability the scenario
+    adds to the twin's draws (``variability``: parameter, log-scale SD)."""
 
     name: str
     model: str
@@ -192,6 +368,8 @@ class Scenario:
     patient: tuple[tuple[str, Any], ...] = ()
     description: str = ""
     source: str = ""  # the file's text (its hash goes into every result)
+    background: tuple[DoseBlock, ...] = ()
+    variability: tuple[tuple[str, float], ...] = ()
 
     @property
     def hash(self) -> str:
@@ -216,32 +394,44 @@ class Scenario:
     def grid(self, targets: Sequence[Target] | None = None) -> np.ndarray:
         """Output times for the metrics: a regular grid over each target's window (all
         targets by default), its ends and the time just before its end."""
-        pts = []
-        for tg in self.targets if targets is None else targets:
-            a, b = tg.window
-            pts.append(np.arange(a, b + 1e-9, self.step))
-            pts.append(np.array([a, b, max(b - _EPS, 0.0)]))
+        pts = [_window_points(*tg.window, self.step) for tg in (self.targets if targets is None else targets)]
+        return np.unique(np.concatenate(pts))
+
+    def regimen_grid(self, regimen: Regimen) -> np.ndarray:
+        """:meth:`grid` plus the points every rule of ``regimen`` measures at its decisions:
+        one grid for every simulation of the regimen (one compiled shape)."""
+        pts = [self.grid()]
+        for rule in regimen.rules:
+            pts += [_window_points(*rule.measurement(t).window, self.step) for t in rule.times(self.horizon)]
         return np.unique(np.concatenate(pts))
 
 
-def _block(model_amount_unit: str, spec: Mapping[str, Any], where: str) -> DoseBlock:
+def _cmt_unit(model, cmt: str) -> str:
+    units = getattr(getattr(model, "card", None), "compartment_units", None)
+    return units[model.compartment_index(cmt)] if units else model.amount_unit
+
+
+def _block(model, spec: Mapping[str, Any], where: str) -> DoseBlock:
     known = {"dose", "unit", "cmt", "every", "start", "count", "stop", "duration", "per_kg"}
     unknown = set(spec) - known
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
     if "dose" not in spec or "cmt" not in spec:
         raise ValueError(f"{where}: a dose needs 'dose' (amount) and 'cmt' (compartment name or number)")
-    unit = str(spec.get("unit", model_amount_unit))
+    cmt_unit = _cmt_unit(model, str(spec["cmt"]))
+    unit = str(spec.get("unit", cmt_unit))
     per_kg = bool(spec.get("per_kg", False))
     if unit.endswith("/kg"):
         unit, per_kg = unit[: -len("/kg")], True
-    amount = float(spec["dose"]) * conversion(unit, model_amount_unit)
+    amount = float(spec["dose"]) * conversion(unit, cmt_unit)
     if amount < 0:
         raise ValueError(f"{where}: dose {spec['dose']} is negative")
     dur = float(spec.get("duration", 0.0))
     if dur < 0:
         raise ValueError(f"{where}: duration {dur} is negative")
     every = spec.get("every")
+    if every is not None and float(every) <= 0:
+        raise ValueError(f"{where}: every = {every} must be > 0 (hours between doses)")
     return DoseBlock(
         amount=amount,
         cmt=str(spec["cmt"]),
@@ -252,6 +442,144 @@ def _block(model_amount_unit: str, spec: Mapping[str, Any], where: str) -> DoseB
         duration=dur,
         per_kg=per_kg,
     )
+
+
+def _unknown(spec: Mapping[str, Any], known: set[str], where: str) -> None:
+    unknown = set(spec) - known
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+
+
+def _adherence(spec: Mapping[str, Any], n_doses: int, where: str) -> Adherence:
+    where = f"{where} adherence"
+    _unknown(spec, {"missed", "delay_sd", "delay_mean", "record", "delays"}, where)
+    missed = float(spec.get("missed", 0.0))
+    if not 0.0 <= missed < 1.0:
+        raise ValueError(f"{where}: missed = {missed} must be a probability in [0, 1)")
+    sd = float(spec.get("delay_sd", 0.0))
+    if sd < 0:
+        raise ValueError(f"{where}: delay_sd = {sd} must be >= 0 (hours)")
+    record = tuple(float(x) for x in spec.get("record", ()))
+    delays = tuple(float(x) for x in spec.get("delays", ()))
+    for name, seq in (("record", record), ("delays", delays)):
+        if len(seq) > n_doses:
+            raise ValueError(
+                f"{where}: {name} has {len(seq)} entries but the regimen has {n_doses} doses within "
+                "the horizon: give one entry per dose in time order (or fewer: later doses follow plan)"
+            )
+        if not all(math.isfinite(x) for x in seq):
+            raise ValueError(f"{where}: {name} has a non-finite entry")
+    if any(x < 0 for x in record):
+        raise ValueError(f"{where}: record entries are fractions of each dose taken (1, 0, 0.5...), not < 0")
+    return Adherence(missed, sd, float(spec.get("delay_mean", 0.0)), record, delays)
+
+
+def _rule(model, spec: Mapping[str, Any], reg_unit: str, horizon: float, where: str) -> Rule:
+    known = {"name", "output", "metric", "at", "every", "start", "stop", "over", "window", "when"}
+    known |= {"round", "min_dose", "max_dose", "unit"}
+    _unknown(spec, known, where)
+    outputs = [o.name for o in model.outputs]
+    out = str(spec.get("output", outputs[0]))
+    if out not in outputs:
+        raise ValueError(f"{where}: unknown output {out!r}; model {model.name!r} has {', '.join(outputs)}")
+    metric = str(spec.get("metric", "value"))
+    if metric not in RULE_METRICS:
+        raise ValueError(f"{where}: metric must be one of {', '.join(RULE_METRICS)}, not {metric!r}")
+    window = spec.get("window")
+    if window is not None:
+        window = (float(window[0]), float(window[1]))
+        if not (horizon >= window[1] > window[0] >= 0):
+            raise ValueError(f"{where}: window {list(window)} must be [start, end] within [0, {horizon}]")
+    over = spec.get("over")
+    if metric not in ("value", "trough") and window is None and over is None:
+        raise ValueError(f"{where}: metric {metric!r} needs 'over' (hours before the decision) or 'window'")
+    if over is not None and float(over) <= 0:
+        raise ValueError(f"{where}: over = {over} must be > 0 (hours)")
+    if "at" not in spec and "every" not in spec:
+        raise ValueError(f"{where}: give decision times: 'at' = [hours] and/or 'every' = hours")
+    at = tuple(float(x) for x in spec.get("at", ()))
+    bad = [t for t in at if not 0 < t < horizon]
+    if bad:
+        raise ValueError(f"{where}: decision times {bad} are outside (0, horizon = {horizon})")
+    every = spec.get("every")
+    if every is not None and float(every) <= 0:
+        raise ValueError(f"{where}: every = {every} must be > 0 (hours)")
+    unit = str(spec.get("unit", reg_unit))
+    f = conversion(unit, reg_unit)
+
+    def amount(key, v, where=where):
+        v = float(v) * f
+        if v < 0:
+            raise ValueError(f"{where}: {key} = {v} must be >= 0")
+        return v
+
+    when = spec.get("when")
+    if not when:
+        raise ValueError(
+            f"{where}: needs 'when' = [{{below = ..., scale = ...}}, ...] (conditions, in order)"
+        )
+    conds = []
+    for k, c in enumerate(when):
+        w = f"{where} when #{k + 1}"
+        _unknown(c, {"above", "below", "scale", "target", "set", "hold", "add"}, w)
+        changes = [x for x in ("scale", "target", "set") if x in c]
+        if len(changes) > 1:
+            raise ValueError(f"{w}: give at most one of scale, target, set (got {changes})")
+        if not changes and "hold" not in c and "add" not in c:
+            raise ValueError(f"{w}: needs an action: scale, target, set, hold or add")
+        if "target" in c and float(c["target"]) <= 0:
+            raise ValueError(f"{w}: target must be > 0")
+        if "scale" in c and float(c["scale"]) < 0:
+            raise ValueError(f"{w}: scale must be >= 0")
+        hold = int(c.get("hold", 0))
+        if hold < 0:
+            raise ValueError(f"{w}: hold counts doses to skip: 0 or more")
+        conds.append(
+            Condition(
+                above=float(c.get("above", -math.inf)),
+                below=float(c.get("below", math.inf)),
+                scale=None if "scale" not in c else float(c["scale"]),
+                target=None if "target" not in c else float(c["target"]),
+                set_to=None if "set" not in c else amount("set", c["set"], w),
+                hold=hold,
+                add=None if "add" not in c else amount("add", c["add"], w),
+            )
+        )
+    return Rule(
+        output=out,
+        metric=metric,
+        when=tuple(conds),
+        at=at,
+        every=None if every is None else float(every),
+        start=None if spec.get("start") is None else float(spec["start"]),
+        stop=None if spec.get("stop") is None else float(spec["stop"]),
+        over=None if over is None else float(over),
+        window=window,
+        round_to=amount("round", spec.get("round", 0.0)),
+        min_dose=amount("min_dose", spec.get("min_dose", 0.0)),
+        max_dose=amount("max_dose", spec.get("max_dose", math.inf)),
+        name=str(spec.get("name", f"{metric} {out}")),
+    )
+
+
+def _variability(model, spec: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:
+    out = []
+    for p, v in spec.items():
+        if p not in model.parameter_names:
+            raise ValueError(
+                f"[variability]: {p!r} is not a parameter of {model.name!r}; it has "
+                f"{', '.join(model.parameter_names)}"
+            )
+        if not isinstance(v, Mapping) or len(v) != 1 or next(iter(v)) not in ("cv", "omega2", "sd"):
+            raise ValueError(
+                f"[variability] {p}: give exactly one of cv, omega2, sd, e.g. {p} = {{ cv = 0.2 }}"
+            )
+        k, x = next(iter(v.items()))
+        x = float(x)
+        if x < 0:
+            raise ValueError(f"[variability] {p}: {k} = {x} must be >= 0")
+        out.append((p, {"cv": math.sqrt(math.log1p(x * x)), "omega2": math.sqrt(x), "sd": x}[k]))
+    return tuple(out)
 
 
 def load_scenario(source: str | Path | Mapping[str, Any]) -> Scenario:
@@ -268,20 +596,25 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> Scenario:
     head = doc.get("scenario", {})
     for key in ("name", "model", "horizon"):
         if key not in head:
-            raise ValueError(f"[scenario] needs {key!r} (name, model card, horizon in hours)")
+            raise ValueError(f"[scenario] needs {key!r} (name, model card, horizon in the card's time unit)")
     model = get_model(head["model"])
+    horizon = float(head["horizon"])
     regimens = []
     for i, r in enumerate(doc.get("regimens", [])):
         where = f"[[regimens]] #{i + 1}"
         if "name" not in r:
             raise ValueError(f"{where}: needs a 'name'")
-        blocks = r.get("doses") or [{k: v for k, v in r.items() if k != "name"}]
-        regimens.append(
-            Regimen(
-                str(r["name"]),
-                tuple(_block(model.amount_unit, b, f"{where} ({r['name']})") for b in blocks),
-            )
+        where = f"{where} ({r['name']})"
+        blocks = r.get("doses") or [{k: v for k, v in r.items() if k not in ("name", "adherence", "rules")}]
+        blocks = tuple(_block(model, b, where) for b in blocks)
+        n_doses = sum(len(b.times(horizon)) for b in blocks)
+        adherence = None if "adherence" not in r else _adherence(r["adherence"], n_doses, where)
+        unit = _cmt_unit(model, blocks[0].cmt)
+        rules = tuple(
+            _rule(model, spec, unit, horizon, f"{where} rule #{k + 1}")
+            for k, spec in enumerate(r.get("rules", []))
         )
+        regimens.append(Regimen(str(r["name"]), blocks, adherence, rules))
     if not regimens:
         raise ValueError("a scenario needs at least one [[regimens]] entry")
     names = [r.name for r in regimens]
@@ -307,20 +640,26 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> Scenario:
                 low=float(t.get("low", -math.inf)),
                 high=float(t.get("high", math.inf)),
                 min_fraction=float(t.get("min_fraction", 0.0)),
+                max_fraction=float(t.get("max_fraction", 1.0)),
             )
         )
     if not targets:
         raise ValueError("a scenario needs at least one [[targets]] entry")
+    background = tuple(
+        _block(model, b, f"[[background]] #{i + 1}") for i, b in enumerate(doc.get("background", []))
+    )
     return Scenario(
         name=str(head["name"]),
         model=str(head["model"]),
         regimens=tuple(regimens),
         targets=tuple(targets),
-        horizon=float(head["horizon"]),
+        horizon=horizon,
         step=float(head.get("step", 0.25)),
         patient=tuple(sorted(doc.get("patient", {}).items())),
         description=str(head.get("description", "")),
         source=text,
+        background=background,
+        variability=_variability(model, doc.get("variability", {})),
     )
 
 
@@ -342,6 +681,7 @@ def twin_draws(
     fit held), the patient's own ``eta`` draws, and its covariates (the last recorded value;
     ``covariates`` overrides). Without, from the card: its typical values, the given
     covariates, and random effects from the card's variability (the population is the twin).
+    ``covariates`` may also fix a parameter's typical value (a scenario's ``[patient]``).
     """
     model = get_model(model)
     covs = dict(covariates or {})
@@ -364,6 +704,8 @@ def twin_draws(
             out[name] = flat[name][pick]
         elif name in fit.conditioned:
             out[name] = np.full(n, float(np.asarray(fit.conditioned[name])))
+        elif name in dict(fit.pop.fixed):  # held fixed in the fit (fixed=): not the card's value
+            out[name] = np.full(n, float(dict(fit.pop.fixed)[name]))
     for name, v in flat.items():
         if name.startswith("eta_"):
             out[name] = v[pick, j]
@@ -386,12 +728,148 @@ def _weight(draws: Mapping[str, Any]) -> float | None:
     return None if w is None else float(np.asarray(w).reshape(-1)[0])
 
 
-def _simulate_draws(model, events: EventTable, draws, grid):
-    """Outputs (draw, time) for every draw on one regimen's events."""
-    n = next(len(np.atleast_1d(v)) for v in draws.values() if not isinstance(v, str))
-    batch = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *a.shape)), events)
-    _, outputs, status = simulate_arrays(model, draws, batch, jnp.asarray(grid), devices=1)
-    return outputs, np.asarray(status)
+def _n_draws(draws: Mapping[str, Any]) -> int:
+    return next(len(np.atleast_1d(v)) for v in draws.values() if not isinstance(v, str))
+
+
+def _needs_key(scenario: Scenario, regimens: Sequence[Regimen]) -> bool:
+    return bool(scenario.variability) or any(r.adherence is not None and r.adherence.random for r in regimens)
+
+
+def _scenario_draws(model, scenario: Scenario, draws: Mapping[str, Any], key) -> dict[str, Any]:
+    """The twin's draws with the scenario's within-patient variability: each named
+    parameter's value multiplied by ``exp(sd * z)``, ``z`` standard normal per draw."""
+    if not scenario.variability:
+        return dict(draws)
+    n = _n_draws(draws)
+    z = np.asarray(jax.random.normal(key, (n, len(scenario.variability))))
+    out = dict(draws)
+    typical = model.typical_params()
+    for i, (p, sd) in enumerate(scenario.variability):
+        base = np.broadcast_to(np.asarray(out.get(p, typical[p]), float), (n,))
+        out[p] = base * np.exp(sd * z[:, i])
+    return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Plan:
+    """One regimen's records for a scenario, sorted by planned time: the regimen's own
+    doses (``own``), the background doses, and one reserved record (amount 0 until a rule
+    adds a dose) per rule decision that may add one (``slots``: (rule, time) -> record)."""
+
+    time: np.ndarray
+    amt: np.ndarray
+    cmt: np.ndarray
+    duration: np.ndarray
+    own: np.ndarray
+    slots: dict[tuple[int, float], int]
+    base: EventTable
+
+    @staticmethod
+    def build(model, scenario: Scenario, reg: Regimen, weight: float | None) -> _Plan:
+        t, a, c, d = reg.doses(model, scenario.horizon, weight)
+        rows = [(ti, ai, ci, di, 1, None) for ti, ai, ci, di in zip(t, a, c, d, strict=True)]
+        rows += [
+            (*r, 0, None)
+            for r in _block_rows(scenario.background, model, scenario.horizon, weight, "[[background]]")
+        ]
+        first = reg.blocks[0]
+        for i, rule in enumerate(reg.rules):
+            if any(cond.add is not None for cond in rule.when):
+                ci = model.compartment_index(first.cmt)
+                rows += [
+                    (float(td), 0.0, ci, first.duration, 2, (i, float(td)))
+                    for td in rule.times(scenario.horizon)
+                ]
+        rows.sort(key=lambda r: (r[0], -r[4]))  # own doses first at equal times
+        time, amt, cmt, dur, kind, slot = zip(*rows, strict=True)
+        time, amt, dur = (np.asarray(x, float) for x in (time, amt, dur))
+        cmt, kind = np.asarray(cmt, int), np.asarray(kind, int)
+        rate = np.where(dur > 0, 1.0 / np.where(dur > 0, dur, 1.0), 0.0)  # placeholder amount 1
+        base = EventTable.from_records(
+            time, np.ones_like(cmt), np.ones_like(time), cmt + 1, rate=rate, n_cmt=model.n_state
+        )
+        slots = {s: k for k, s in enumerate(slot) if s is not None}
+        return _Plan(time, amt, cmt, dur, kind == 1, slots, base)
+
+    @property
+    def taken_by(self) -> np.ndarray:
+        """Records whose doses the patient takes (own doses and added doses)."""
+        return self.own | np.isin(np.arange(len(self.time)), list(self.slots.values()))
+
+    def adherence(self, reg: Regimen, n: int, key) -> tuple[np.ndarray, np.ndarray]:
+        """``(taken, time)``, each ``(n, R)``: the fraction of each record's dose taken and
+        its actual time."""
+        taken = np.ones((n, len(self.time)))
+        time = np.broadcast_to(self.time, (n, len(self.time))).copy()
+        if reg.adherence is not None:
+            f, delay = reg.adherence.pattern(int(self.own.sum()), n, key=key)
+            taken[:, self.own] = f
+            time[:, self.own] = np.maximum(time[:, self.own] + delay, 0.0)
+        return taken, time
+
+    def events(self, amt, time) -> EventTable:
+        """Batched events ``(n, R)`` with the given amounts (traced allowed) and times."""
+        return _batched_events(self.base, self.duration, amt, time)
+
+
+def _batched_events(base: EventTable, duration, amt, time) -> EventTable:
+    n = amt.shape[0]
+    batch = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), base)
+    dur = jnp.asarray(duration)
+    rate = jnp.where(dur > 0, amt / jnp.where(dur > 0, dur, 1.0), 0.0)
+    time = jnp.asarray(time, float)
+    dose_time = jnp.take(time, base.dose_rec, axis=-1)
+    return eqx.tree_at(
+        lambda e: (e.time, e.amt, e.rate, e.dose_time),
+        batch,
+        (time, jnp.asarray(amt, float), rate, dose_time),
+    )
+
+
+def _dose_grid(grid: np.ndarray, time: np.ndarray) -> np.ndarray:
+    """Per draw ``(n, T + 2R)``: the output grid plus each dose's time and the time just
+    before it, so that a trapezoid AUC across a bolus sees its jump exactly (delayed doses
+    included)."""
+    n = time.shape[0]
+    pts = np.concatenate([np.broadcast_to(grid, (n, grid.size)), np.maximum(time - _EPS, 0.0), time], axis=1)
+    return np.sort(pts, axis=1)
+
+
+def _metric(tg: Target, grid, c):
+    """``tg``'s metric per draw on per-draw grids ``(n, T)`` and trajectories ``(n, T)``."""
+    return np.asarray(jax.vmap(tg.value)(jnp.asarray(grid), c))
+
+
+def _simulate_regimen(model, scenario: Scenario, reg: Regimen, draws, key):
+    """Simulate one regimen on every draw, deciding its rules per draw on the way.
+
+    Returns the per-draw grid ``(n, T)``, outputs ``{name: (n, T)}``, status ``(n,)``, the
+    plan, the planned amounts after the rules ``(n, R)``, the fraction of each dose taken
+    and its actual time (each ``(n, R)``)."""
+    n = _n_draws(draws)
+    plan = _Plan.build(model, scenario, reg, _weight(draws))
+    taken, time = plan.adherence(reg, n, key)
+    amt = np.broadcast_to(plan.amt, (n, len(plan.time))).copy()
+    grid = _dose_grid(scenario.regimen_grid(reg), time)
+
+    def run(amt):
+        _, out, status = simulate_arrays(
+            model, draws, plan.events(amt * taken, time), jnp.asarray(grid), devices=1
+        )
+        return out, np.asarray(status)
+
+    failed = np.zeros(n, bool)
+    decisions = np.unique(np.concatenate([r.times(scenario.horizon) for r in reg.rules] or [np.zeros(0)]))
+    for td in decisions:
+        out, status = run(amt)
+        failed |= status != 0
+        for i, rule in enumerate(reg.rules):
+            if np.any(np.isclose(rule.times(scenario.horizon), td)):
+                m = _metric(rule.measurement(float(td)), grid, out[rule.output])
+                amt = rule.apply(np.where(status != 0, np.nan, m), float(td), amt, plan, i)
+    out, status = run(amt)
+    return grid, out, np.where(failed, np.maximum(status, 1), status), plan, amt, taken, time
 
 
 def compare(
@@ -402,7 +880,14 @@ def compare(
     the rank (1 = highest PTA; ties by the median's distance to the range's middle).
 
     ``draws``: from :func:`twin_draws` (default: the card's population, ``n`` draws from
-    ``key``, covariates from the scenario's ``[patient]``)."""
+    ``key``, covariates from the scenario's ``[patient]``). ``key`` also draws what the
+    scenario makes random per draw: adherence patterns (from ``fold_in(key, 1)``, the same
+    for every regimen: common random numbers) and its within-patient variability
+    (``fold_in(key, 2)``); it is required when the scenario has either.
+
+    Besides the metrics, ``last_dose`` (the amount planned for the regimen's last dose,
+    after its rules) and ``total_dose`` (the amount taken in ``[0, horizon)``, after
+    adherence and rules) per regimen and draw."""
     model = get_model(scenario.model)
     if draws is None:
         if key is None:
@@ -410,16 +895,26 @@ def compare(
                 "compare needs draws (twin_draws) or an explicit key to draw the card's population"
             )
         draws = twin_draws(model, key=key, n=n, covariates=dict(scenario.patient))
-    grid = scenario.grid()
-    w = _weight(draws)
+    if key is None and _needs_key(scenario, scenario.regimens):
+        raise ValueError(
+            f"scenario {scenario.name!r} draws adherence patterns or within-patient variability: "
+            "pass an explicit key, compare(scenario, draws, key=jax.random.key(seed))"
+        )
+    draws = _scenario_draws(model, scenario, draws, None if key is None else jax.random.fold_in(key, 2))
+    akey = None if key is None else jax.random.fold_in(key, 1)
     metrics = {tg.name: [] for tg in scenario.targets}
-    failed = []
+    failed, last, total, dose_units = [], [], [], []
     for reg in scenario.regimens:
-        outputs, status = _simulate_draws(model, reg.events(model, scenario.horizon, w), draws, grid)
+        grid, outputs, status, plan, amt, taken, time = _simulate_regimen(model, scenario, reg, draws, akey)
         failed.append(status != 0)
+        own = np.nonzero(plan.own)[0]
+        last.append(amt[:, own[-1]])
+        within = plan.taken_by & (time < scenario.horizon)
+        total.append(np.sum(np.where(within, amt * taken, 0.0), axis=1))
+        dose_units.append(_cmt_unit(model, reg.blocks[0].cmt))
         for tg in scenario.targets:
-            m = jax.vmap(lambda c, tg=tg: tg.value(jnp.asarray(grid), c))(outputs[tg.output])
-            metrics[tg.name].append(np.where(status != 0, np.nan, np.asarray(m)))
+            m = _metric(tg, grid, outputs[tg.output])
+            metrics[tg.name].append(np.where(status != 0, np.nan, m))
     regs = [r.name for r in scenario.regimens]
     D = len(failed[0])
     ds = xr.Dataset(coords={"regimen": regs, "draw": np.arange(D)})
@@ -432,6 +927,9 @@ def compare(
         ds[tg.name].attrs.update(units=_metric_unit(tg, units[tg.output]), metric=tg.metric, output=tg.output)
         ok = np.asarray(tg.attained(m)) & np.isfinite(m)
         pta_all.append(ok.mean(axis=1))
+    dose_unit = ", ".join(dict.fromkeys(dose_units))
+    ds["last_dose"] = (("regimen", "draw"), np.stack(last), {"units": dose_unit})
+    ds["total_dose"] = (("regimen", "draw"), np.stack(total), {"units": dose_unit})
     summary = {
         "median": (
             ("target", "regimen"),
@@ -463,6 +961,7 @@ def compare(
         scenario_hash=scenario.hash,
         model=model.name,
         horizon_h=scenario.horizon,
+        time_unit=model.time_unit,
         failed_draws=int(np.sum(np.stack(failed))),
     )
     return ds
@@ -499,6 +998,7 @@ def optimise(
     objective: str = "pta",
     bounds: tuple[float, float] | None = None,
     iterations: int = 40,
+    key=None,
 ) -> dict[str, Any]:
     """The dose scale of ``regimen`` (every dose multiplied by one factor) that maximises the
     probability of attaining ``target`` over the twin's ``draws`` (``objective="pta"``:
@@ -506,10 +1006,13 @@ def optimise(
     to the middle of the range (``"loss"``).
 
     The derivative of the objective with respect to the log dose scale comes from JAX
-    through the simulator; its root is bracketed and found by bisection on its sign (safe
-    for the unimodal objectives these are), within ``bounds`` (default: 1/20 to 20 times the
-    regimen's doses). Returns the scale, the doses, the smoothed and the exact PTA there,
-    and the objective's derivative at the solution."""
+    through the simulator; its root is bracketed and found by Brent's method (safe for the
+    unimodal objectives these are), within ``bounds`` (default: 1/20 to 20 times the
+    regimen's doses), in at most ``iterations`` steps. Background doses are
+    not scaled; the regimen's adherence applies (random patterns from ``key``, as in
+    :func:`compare`). A regimen with feedback rules is not differentiable in its dose (the
+    rules decide it) and is refused. Returns the scale, the regimen's doses, the smoothed
+    and the exact PTA there, and the objective's derivative at the solution."""
     model = get_model(scenario.model)
     reg = scenario.regimen(regimen) if regimen else scenario.regimens[0]
     tg = scenario.target(target) if target else scenario.targets[0]
@@ -517,53 +1020,109 @@ def optimise(
         raise ValueError(f"objective must be 'pta' or 'loss', not {objective!r}")
     if objective == "loss" and _middle(tg) is None:
         raise ValueError(f"objective 'loss' needs a target with both low and high ({tg.name!r} has not)")
-    grid = jnp.asarray(scenario.grid([tg]))  # the target's window only
-    ev = reg.events(model, scenario.horizon, _weight(draws))
-    base = jnp.asarray(ev.amt)
-    n = next(len(np.atleast_1d(v)) for v in draws.values() if not isinstance(v, str))
+    if reg.rules:
+        raise ValueError(
+            f"regimen {reg.name!r} has feedback rules, which decide its doses per draw: its dose "
+            "cannot be optimised by gradient; compare start doses as regimens instead"
+        )
+    if key is None and _needs_key(scenario, [reg]):
+        raise ValueError(
+            f"regimen {reg.name!r} or scenario {scenario.name!r} is random per draw (adherence or "
+            "variability): pass an explicit key, optimise(..., key=jax.random.key(seed))"
+        )
+    draws = _scenario_draws(model, scenario, draws, None if key is None else jax.random.fold_in(key, 2))
+    n = _n_draws(draws)
+    plan = _Plan.build(model, scenario, reg, _weight(draws))
+    taken, time = plan.adherence(reg, n, None if key is None else jax.random.fold_in(key, 1))
+    grid = jnp.asarray(_dose_grid(scenario.grid([tg]), time))  # the target's window only
     width = (
         0.05 * (tg.high - tg.low)
         if _middle(tg) is not None
         else 0.05 * abs(tg.low if math.isfinite(tg.low) else tg.high)
     )
+    arrays = {k: jnp.asarray(v, float) for k, v in draws.items() if not isinstance(v, str)}
+    strings = tuple(sorted((k, v) for k, v in draws.items() if isinstance(v, str)))
+    fn = _dose_objective(model, tg, plan, strings, bool(np.any(plan.duration > 0)))
+    args = (
+        arrays,
+        jnp.asarray(taken),
+        jnp.asarray(time),
+        grid,
+        objective == "pta",
+        width,
+        _middle(tg) or 1.0,
+    )
 
-    def metric(log_scale):
-        e = with_amounts(ev, base * jnp.exp(log_scale))
-        batch = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *a.shape)), e)
-        _, out, status = simulate_arrays(model, draws, batch, grid, devices=1, superposition=None)
-        return jax.vmap(lambda c: tg.value(grid, c))(out[tg.output]), status
+    def grad(x):
+        return float(fn(jnp.asarray(x, float), *args)[1])
 
-    def value(log_scale):
-        m, _ = metric(log_scale)
-        if objective == "pta":
-            return -jnp.mean(_smooth_attainment(tg, m, width))
-        return jnp.mean(jnp.log(jnp.maximum(m, 1e-300) / _middle(tg)) ** 2)
-
-    grad = jax.jit(jax.grad(value))
     lo, hi = (math.log(b) for b in (bounds or (1 / 20, 20.0)))
     g_lo, g_hi = float(grad(lo)), float(grad(hi))
     if g_lo >= 0:  # increasing from the lower bound: the bound is best
-        x = lo
+        x, g = lo, g_lo
     elif g_hi <= 0:
-        x = hi
+        x, g = hi, g_hi
     else:
-        for _ in range(iterations):
-            mid = 0.5 * (lo + hi)
-            if float(grad(mid)) < 0:
-                lo = mid
-            else:
-                hi = mid
-        x = 0.5 * (lo + hi)
-    m, status = metric(jnp.asarray(x))
+        from scipy.optimize import brentq
+
+        seen = {}
+
+        def g_of(x):
+            seen[x] = float(grad(x))
+            return seen[x]
+
+        x, _ = brentq(g_of, lo, hi, xtol=1e-10, maxiter=iterations, full_output=True, disp=False)
+        g = seen[x] if x in seen else g_of(x)
+    value, _, (m, status) = fn(jnp.asarray(x, float), *args)
     m = np.asarray(m)
     exact = float(np.mean(np.asarray(tg.attained(m)) & (np.asarray(status) == 0)))
     return {
         "regimen": reg.name,
         "target": tg.name,
         "scale": math.exp(x),
-        "doses": np.asarray(base) * math.exp(x),
-        "objective": float(value(jnp.asarray(x))),
+        "doses": np.asarray(plan.amt)[plan.own] * math.exp(x),
+        "objective": float(value),
         "pta": exact,
-        "gradient": float(grad(x)),
+        "gradient": g,
         "median": float(np.median(m)),
     }
+
+
+_OBJECTIVES: dict[tuple, Any] = {}  # compiled objectives of optimise, by model, target and plan
+
+
+def _dose_objective(model, tg: Target, plan: _Plan, strings: tuple, infusions: bool):
+    """The objective of :func:`optimise`, its derivative in the log dose scale, and the
+    metric and status per draw, as one compiled function of ``(log_scale, draws, taken,
+    time, grid, pta, width, middle)``. The plan's structure (compartments, durations,
+    which records are the regimen's) is compiled in as constants; the function is kept,
+    so that optimising the same regimen again (the other objective, other draws of the
+    same size) compiles nothing."""
+    sig = (model, tg, strings, infusions, plan.cmt.tobytes(), plan.duration.tobytes(), plan.own.tobytes())
+    sig += (plan.amt.tobytes(),)
+    if sig in _OBJECTIVES:
+        return _OBJECTIVES[sig]
+    events, duration = plan.base, plan.duration
+    base, own = jnp.asarray(plan.amt), jnp.asarray(plan.own)
+
+    @jax.jit
+    def fn(log_scale, draws, taken, time, grid, pta, width, middle):
+        def value(s):
+            amt = jnp.where(own, base * jnp.exp(s), base) * taken
+            e = _batched_events(events, duration, amt, time)
+            # The plan's records are plain doses (no reset, no steady state): superposition holds.
+            _, out, status = simulate_arrays(
+                model, {**draws, **dict(strings)}, e, grid, devices=1, superposition=True, infusions=infusions
+            )
+            m = jax.vmap(tg.value)(grid, out[tg.output])
+            smooth = -jnp.mean(_smooth_attainment(tg, m, width))
+            loss = jnp.mean(jnp.log(jnp.maximum(m, 1e-300) / middle) ** 2)
+            return jnp.where(pta, smooth, loss), (m, status)
+
+        (v, aux), g = jax.value_and_grad(value, has_aux=True)(log_scale)
+        return v, g, aux
+
+    if len(_OBJECTIVES) >= 16:
+        _OBJECTIVES.pop(next(iter(_OBJECTIVES)))
+    _OBJECTIVES[sig] = fn
+    return fn
