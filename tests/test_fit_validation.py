@@ -68,10 +68,11 @@ def test_theophylline_nuts_matches_nlmixr2_focei():
     d = FitData.from_nonmem(m, DATA / "theo_sd.csv", covariate_units={"WT": "kg"})
     assert d.n_patients == 12 and d.obs["CP"].count == 132
     # nlmixr2's model: IIV on CL, V, KA (diagonal) and an additive error, as here.
-    # 4 chains x (200 warm-up + 500 draws): the largest R-hat over the checked sites was
-    # 1.006, 1.004 and 1.008 for seeds 0, 1 and 2 (1.009-1.013 with 300-350 draws, which
-    # fails 1.01 for some seeds); 40-53 leapfrog steps per draw, no divergences.
-    pop = fit(m, d, method="nuts", error={"CP": "additive"}, chains=4, warmup=200, draws=500, seed=0)
+    # 4 chains x (200 warm-up + 1000 draws): the largest R-hat over the checked sites was
+    # 1.0027, 1.0038 and 1.0045 for seeds 0, 1 and 2 here. With 500 draws it was 1.004-1.008
+    # here but 1.0127 on the CI machine for seed 0 (another CPU: other rounding, other
+    # chains): R-hat's own Monte-Carlo noise is of the order of the threshold with 500 draws.
+    pop = fit(m, d, method="nuts", error={"CP": "additive"}, chains=4, warmup=200, draws=1000, seed=0)
     s = pop.summary()
     for p, v in want.items():
         med = float(s[p]["median"])

@@ -329,3 +329,67 @@ def test_individual_nuts_matches_importance_sampling_of_the_exact_posterior(samp
         width = q95 - q05
         assert abs(np.quantile(draws, 0.05) - q05) < 0.1 * width
         assert abs(np.quantile(draws, 0.95) - q95) < 0.1 * width
+
+
+def test_individual_svi_with_resampling_matches_the_exact_posterior(tmp_path):
+    """SVI (full-rank guide, IWAE, sampling-importance-resampling) of one patient's random
+    effects against the importance-sampling reference; its loss trace goes into the store
+    and comes back."""
+    from twinrx.store import read_fit, write_fit
+
+    m, rich, _ = _cohort(n=6)
+    popfit = fit(m, rich, method="map", error={"CP": "additive"})
+    _, cohort, _ = _cohort(n=1, seed=8, times=(1, 4, 12))
+    ind = fit(m, cohort, method="svi", prior=popfit, steps=3000, draws=2000, importance=True, seed=3)
+    losses = ind.info["losses"]
+    assert losses.shape == (3000,) and np.isfinite(ind.info["elbo_loss_last"])
+    # converged: the last 500 steps no lower on average than the 500 before (within noise)
+    assert np.nanmean(losses[-500:]) <= np.nanmean(losses[-1000:-500]) + 0.05
+    assert ind.info["importance_ess"] > 1000
+    s = cohort[0].series["CP"]
+    mean, (q05, q95), _ = _importance_reference(ind.conditioned, np.asarray(s.time), np.asarray(s.value))
+    cl = ind.samples["CL_i"][..., 0].ravel()
+    # 2000 resampled draws: Monte-Carlo error of the mean ~ sd / sqrt(ESS) with ESS <= 2000
+    assert abs(cl.mean() - mean) < 4 * cl.std() / np.sqrt(min(ind.info["importance_ess"], 2000))
+    width = q95 - q05
+    assert abs(np.quantile(cl, 0.05) - q05) < 0.1 * width
+    assert abs(np.quantile(cl, 0.95) - q95) < 0.1 * width
+    write_fit(to_datatree(ind), tmp_path / "svi.zarr")
+    back = from_datatree(read_fit(tmp_path / "svi.zarr"))
+    assert np.array_equal(back.info["losses"], losses)
+
+
+def test_individual_fit_under_the_cards_population():
+    """``Fit.from_card``: the card's values (read here from its TOML, cv -> log-normal SD)
+    held fixed, and the individual MAP under them equal to scipy's minimum of the same
+    posterior."""
+    import math
+    import tomllib
+    from pathlib import Path
+
+    from twinrx.infer import Fit
+
+    m, cohort, _ = _cohort(n=2, seed=5, times=(1, 4, 12))
+    card = tomllib.loads((Path(__file__).resolve().parents[1] / "models" / "one_cpt_oral.toml").read_text())
+    prior = Fit.from_card(m)
+    for p, spec in card["parameters"].items():
+        assert float(prior.conditioned[p]) == spec["value"]
+    for p, spec in card["variability"].items():
+        assert float(prior.conditioned[f"omega_{p}"]) == pytest.approx(math.sqrt(math.log1p(spec["cv"] ** 2)))
+    err = card["outputs"]["CP"]["error"]
+    assert float(prior.conditioned["sigma_CP_add"]) == err["additive"]
+    assert float(prior.conditioned["sigma_CP_prop"]) == err["proportional"]
+    ind = fit(m, cohort, method="map", prior=prior)
+    assert np.all(ind.info["converged"])
+    d = FitData.from_cohort(m, cohort)
+    cond = {k: np.asarray(v) for k, v in ind.conditioned.items()}
+    for i in range(2):
+        ref = _exact_gaussian_posterior(ind.pop, d.select([i]), cond)
+        z = [float(ind.samples[s][0, 0, i]) for s in ind.pop.patient_sites]
+        assert np.allclose(z, ref.x, atol=2e-4), (z, ref.x)
+    with pytest.raises(ValueError, match="values="):
+        Fit.from_card(m, error={"CP": "additive"})
+    assert (
+        float(Fit.from_card(m, error={"CP": "additive"}, values={"sigma_CP": 0.2}).conditioned["sigma_CP"])
+        == 0.2
+    )

@@ -21,6 +21,7 @@ ORDER = [
     "store",
     "scale",
     "plots",
+    "report",
     "testing",
     "_demo",
     "cli",

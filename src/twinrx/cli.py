@@ -479,7 +479,15 @@ def scenario_run(
     if out is not None:
         from .store import write_store
 
-        write_store(ds, out, seed=str(seed), twin=twin.name if twin else "card population")
+        write_store(
+            ds,
+            out,
+            seed=str(seed),
+            draws=str(draws),
+            twin=twin.name if twin else "card population",
+            patient=patient or "",
+            scenario_source=sc.source,
+        )
         typer.echo(f"written to {out}")
 
 

@@ -38,7 +38,8 @@ def _ess(x: np.ndarray) -> np.ndarray:
     if x.shape[1] < 4:
         return np.full(x.shape[2:], np.nan)
     const = np.ptp(x.reshape(-1, *x.shape[2:]), axis=0) == 0
-    out = np.asarray(effective_sample_size(x), float)
+    with np.errstate(invalid="ignore", divide="ignore"):  # constant draws: NaN, set below
+        out = np.asarray(effective_sample_size(x), float)
     return np.where(const, np.nan, out)
 
 

@@ -64,6 +64,59 @@ class Fit:
     cohort: Any = None  # the patients the data came from (needed by update)
     data_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    @classmethod
+    def from_card(
+        cls,
+        model,
+        *,
+        error: Mapping[str, str] | None = None,
+        values: Mapping[str, float] | None = None,
+    ) -> Fit:
+        """A model card's population as a fit: the ``prior`` of an individual fit (the twin
+        of one patient when no population fit of one's own data exists).
+
+        Its population values are the card's typical values, the standard deviations and
+        correlations of its variability block, and its residual errors; ``values``
+        overrides any of them by site name (``CL``, ``omega_CL``, ``sigma_CP``,
+        ``sigma_CP_add``/``sigma_CP_prop`` for a combined error). ``error`` picks another
+        residual-error kind per output; its magnitude must then be in ``values``.
+
+        ``twinrx.infer.fit(model, cohort, prior=Fit.from_card(model))`` then estimates
+        each patient's random effects under the card's population.
+        """
+        from ..model.library import get_model
+
+        model = get_model(model)
+        pop = PopulationModel.build(model, None, error=error)
+        vals: dict[str, float] = {}
+        typical = model.typical_params()
+        vals.update({p: float(typical[p]) for p in pop.free})
+        var = model.card.variability
+        cov = var.matrix()
+        sd = np.sqrt(np.diag(cov)) if cov.size else np.zeros(0)
+        vals.update({f"omega_{p}": float(sd[var.parameters.index(p)]) for p in pop.iiv})
+        errs = model.residual_errors
+        for o, spec in pop.errors:
+            e = errs.get(o)
+            if spec.kind == "combined":
+                vals[f"sigma_{o}_add"], vals[f"sigma_{o}_prop"] = e.additive, e.proportional
+            elif e is not None and e.kind == spec.kind:
+                vals[f"sigma_{o}"] = e.proportional if spec.kind == "proportional" else e.additive
+        vals.update({k: float(v) for k, v in (values or {}).items()})
+        missing = [s for s in pop.population_sites if s != "L_corr" and s not in vals]
+        if missing:
+            raise ValueError(
+                f"card {model.name!r} gives no value for {missing}: pass them in values= "
+                "(e.g. a residual error's magnitude when error= changes its kind)"
+            )
+        held: dict[str, np.ndarray] = {k: np.asarray(v, float) for k, v in vals.items()}
+        if pop.full_covariance:
+            idx = [var.parameters.index(p) for p in pop.iiv]
+            c = cov[np.ix_(idx, idx)]
+            d = np.sqrt(np.diag(c))
+            held["L_corr"] = np.linalg.cholesky(c / np.outer(d, d))
+        return cls(pop, None, "card", {}, {}, held, 0, {"source": f"model card {model.name}"})
+
     @property
     def model(self):
         return self.pop.model
@@ -522,7 +575,10 @@ def _svi(fn, data, key, *, steps, draws, guide, importance, particles, learning_
     res = svi.run(k_run, steps, data, progress_bar=progress, stable_update=True)
     elapsed = time.perf_counter() - t0
     info: dict[str, Any] = {
-        "elbo_loss_last": float(np.mean(np.asarray(res.losses[-100:]))),
+        # The loss trace, to check convergence (plot it); the mean of the last 100 steps
+        # skips any non-finite step (stable_update keeps the parameters of such a step).
+        "losses": np.asarray(res.losses),
+        "elbo_loss_last": float(np.nanmean(np.where(np.isfinite(res.losses), res.losses, np.nan)[-100:])),
         "svi_seconds": elapsed,
         "objective": "iwae" if importance else "elbo",
     }
@@ -544,7 +600,7 @@ def _svi(fn, data, key, *, steps, draws, guide, importance, particles, learning_
         latent = jax.vmap(lambda z: g._unpack_and_constrain(z, res.params))(zs[idx])
     else:
         latent = g.sample_posterior(k_draw, res.params, sample_shape=(draws,))
-    det = Predictive(fn, posterior_samples=latent, exclude_deterministic=False)(k_draw, data)
+    det = Predictive(fn, posterior_samples=latent)(k_draw, data)
     out = {**latent, **{k: v for k, v in det.items() if k not in data.obs and k != "solver_ok"}}
     samples = {k: np.asarray(v)[None] for k, v in out.items()}
     return samples, info

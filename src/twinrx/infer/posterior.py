@@ -141,7 +141,9 @@ def to_datatree(fit: Fit, *, seed: int | None = None, predictive: bool = True) -
     if fit.cohort is not None:  # the patients themselves, for `twinrx update`
         groups["patients"] = fit.cohort.to_dataset()
     n_div = int(np.sum(fit.stats["diverging"])) if "diverging" in fit.stats else 0
-    info = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in fit.info.items()}
+    if "losses" in fit.info:  # SVI's loss per step: a variable, not a long attribute
+        groups["loss_trace"] = xr.Dataset({"loss": ("step", np.asarray(fit.info["losses"], float))})
+    info = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in fit.info.items() if k != "losses"}
     attrs = {
         "schema": FIT_SCHEMA,
         "created_by": f"twinrx {__version__}",
@@ -189,6 +191,9 @@ def from_datatree(tree: xr.DataTree) -> Fit:
     stats = {}
     if "sample_stats" in tree.children:
         stats = {k: np.asarray(v.values) for k, v in tree["sample_stats"].to_dataset().data_vars.items()}
+    info = json.loads(attrs.get("info", "{}"))
+    if "loss_trace" in tree.children:
+        info["losses"] = np.asarray(tree["loss_trace"]["loss"].values)
     options = json.loads(attrs.get("data_options", "{}"))
     cohort = data = None
     if "patients" in tree.children:
@@ -202,7 +207,7 @@ def from_datatree(tree: xr.DataTree) -> Fit:
         stats,
         conditioned,
         int(attrs["seed"]),
-        json.loads(attrs.get("info", "{}")),
+        info,
         cohort,
         options,
     )
