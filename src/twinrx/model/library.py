@@ -26,7 +26,8 @@ def model_dirs() -> list[Path]:
     """Directories searched for cards, in order."""
     dirs = [Path(d) for d in os.environ.get("TWINRX_MODEL_PATH", "").split(os.pathsep) if d]
     here = Path(__file__).resolve()
-    for up in (here.parents[3] / "models", here.parents[2] / "models"):
+    # a source checkout or editable install (<repo>/models), else the copy a wheel carries
+    for up in (here.parents[3] / "models", here.parents[1] / "_library" / "models"):
         if up.is_dir():
             dirs.append(up)
             break
