@@ -217,3 +217,41 @@ def test_superposition_is_refused_for_resets_and_steady_states():
     _, out, _ = simulate_arrays(m, {"CL": 2.0, "V": 10.0}, ss, TIMES[TIMES < 12])
     t = TIMES[TIMES < 12]
     np.testing.assert_allclose(out["CP"], 10.0 * np.exp(-0.2 * t) / (1 - np.exp(-0.2 * 12)), rtol=1e-10)
+
+
+@pytest.mark.parametrize("solver", ["closed_form", "ode"])
+@pytest.mark.parametrize("infusion", [False, True])
+def test_steady_state_with_lag_longer_than_the_interval(solver, infusion):
+    """SS=1 with a lag time longer than the interval, NONMEM 7.6's convention (measured and
+    reported by the ferx-core developers, FeRx-NLME/ferx-core PR #1125): the phase is
+    clamped to 0, so the record carries the state right after an implied arrival — for a
+    bolus the steady-state peak (D/V)/(1 - exp(-k II)) — and decays until the record's own
+    dose arrives at t + L; an implied infusion runs on for D + L - II hours after the
+    record. Written here in NumPy for one compartment."""
+    from twinrx.solve import simulate_arrays
+
+    m = twinrx.get_model("one_cpt_iv")
+    cl, v, ii, lag, amt, dur = 2.0, 10.0, 6.0, 8.5, 100.0, 2.5
+    ke = cl / v
+    rate = amt / dur if infusion else 0.0
+    ev = EventTable.from_records([0.0], [1], [amt], [1], rate=[rate], ss=[1], ii=[ii])
+    times = np.linspace(0.0, 30.0, 61)
+    _, out, status = simulate_arrays(m, {"CL": cl, "V": v}, ev, times, solver=solver, lag={"central": lag})
+    assert int(status) == 0
+    t = times
+    if infusion:
+        # the steady-state amount when an infusion starts, then that infusion running on
+        # until D + L - II, and the record's own infusion over [L, L + D)
+        a0 = rate / ke * (1 - np.exp(-ke * dur)) * np.exp(-ke * (ii - dur)) / (1 - np.exp(-ke * ii))
+
+        def infused(start, stop):
+            on = np.clip(t - start, 0.0, stop - start)
+            return rate / ke * (1 - np.exp(-ke * on)) * np.exp(-ke * np.clip(t - stop, 0.0, None))
+
+        a = a0 * np.exp(-ke * t) + infused(0.0, dur + lag - ii) + infused(lag, lag + dur)
+    else:
+        a = amt / (1 - np.exp(-ke * ii)) * np.exp(-ke * t) + np.where(
+            t >= lag, amt * np.exp(-ke * (t - lag)), 0
+        )
+    tol = 1e-9 if solver == "closed_form" else 2e-5
+    np.testing.assert_allclose(np.asarray(out["CP"]), a / v, rtol=tol, atol=1e-9)

@@ -200,9 +200,16 @@ def _steady_state(prop, cfg, p, *, c, amt, rate_col, ii, t, F, L, Rm, Dm, K, n):
 
     Bolus or infusion of duration D every II, with lag L: x_a, the state at an implied
     arrival, is the fixed point of one period (q = floor(D/II) earlier infusions overlap,
-    q+1 during the first D - q*II hours); the state at ``t`` is x_a advanced from the last
-    implied arrival at or before ``t`` (at t + L - m*II). Earlier implied infusions still
-    running at ``t`` keep running and end at t + L + D - k*II.
+    q+1 during the first D - q*II hours); the state at ``t`` is x_a advanced by the phase
+    max(II - L, 0) from the implied arrival at t + L - II. Implied infusions still running
+    at ``t`` keep running and end at t + L + D - k*II (k = 1, 2, ...).
+
+    A lag of a whole interval or more (L >= II) clamps the phase to 0: the record carries
+    the state right after an implied arrival (a bolus's steady-state peak), and the first
+    implied infusion runs on to t + L + D - II. That is NONMEM 7.6's behaviour as measured
+    and reported by the ferx-core developers (FeRx-NLME/ferx-core PR #1125: PRED at the
+    record = (D/V)/(1 - exp(-k II)) for a one-compartment bolus); wrapping the phase into
+    [0, II) would instead be a shifted pulse train, which NONMEM does not compute.
     """
     sys = prop.system(p)
     sys_fwd = prop.system(jax.lax.stop_gradient(p))
@@ -231,9 +238,10 @@ def _steady_state(prop, cfg, p, *, c, amt, rate_col, ii, t, F, L, Rm, Dm, K, n):
     xa, code = _newton_fixed_point(
         period, functools.partial(period, forward=True), jnp.zeros(n), iters, scale
     )
-    # Last implied arrival at or before t is at t + L - m*II.
-    m = jnp.maximum(1.0, jnp.ceil(L / iis))
-    s0 = m * iis - L
+    # The implied arrival the record's state is advanced from: t + L - II, the phase
+    # clamped at 0 when L >= II (see the docstring).
+    m = 1.0
+    s0 = jnp.maximum(iis - L, 0.0)
     x1, c1 = prop.advance(sys, xa + b, (q + 1.0) * r_vec, 0.0, jnp.minimum(s0, rr))
     x_t, c2 = prop.advance(sys, x1, q * r_vec, jnp.minimum(s0, rr), s0)
     code = jnp.maximum(code, jnp.maximum(c1, c2))
