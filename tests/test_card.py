@@ -118,6 +118,18 @@ values = { EM = 1.0, PM = 0.4 }
     np.testing.assert_allclose(np.asarray(ds.CP).ravel(), expect, rtol=1e-12)
     with pytest.raises(ValueError, match="unknown level 'XM'; levels are EM, PM"):
         twinrx.simulate(m, {"GENO": "XM"}, ev, times=times)
+    # codes are 0-based level indices: 1 is PM; 2 (a 1-based habit) is refused, naming them
+    by_code = twinrx.simulate(
+        m, {"CL": 4.0, "V": 30.0, "WT": 90.0, "GENO": 1, "eta_CL": 0.2}, ev, times=times
+    )
+    np.testing.assert_allclose(np.asarray(by_code.CP).ravel(), expect, rtol=1e-12)
+    with pytest.raises(
+        ValueError, match=r"code 2 is not a level; codes are 0-based level indices \(0 = EM, 1 = PM\)"
+    ):
+        twinrx.simulate(m, {"GENO": 2.0}, ev, times=times)
+    geno = next(c for c in m.card.covariates if c.name == "GENO")
+    mixed = geno.encode(np.array([["em", "PM"], ["Pm", "EM"]] * 1000, dtype=object))
+    assert mixed.shape == (2000, 2) and mixed[:2].tolist() == [[0.0, 1.0], [1.0, 0.0]]
 
 
 def test_baseline_initial_state_and_reset():

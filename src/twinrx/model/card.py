@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -350,28 +351,51 @@ class Covariate:
         return self.levels is not None
 
     def encode(self, value):
-        """Level names (strings) to codes (0-based level index); numbers pass through."""
+        """Level names (strings) to codes (0-based level index). Numbers are codes already:
+        they pass through, checked to be level indices (or NaN, missing) when concrete."""
         if self.levels is None:
             return value
-        try:  # codes already (numbers, or traced): no per-element work on the host
-            if np.dtype(jnp.result_type(value)).kind in "fiub":
-                return value
+        n = len(self.levels)
+        try:
+            numeric = np.dtype(jnp.result_type(value)).kind in "fiub"
         except TypeError:
-            pass
+            numeric = False
+        if numeric:
+            try:
+                a = np.asarray(value, float)
+            except jax.errors.TracerArrayConversionError:  # traced: checked where it entered
+                return value
+            self._check_codes(a)
+            return value
         arr = np.asarray(value, dtype=object)
+        # One lookup per distinct value, not per element (cohorts have millions of rows).
+        uniq, inv = np.unique(arr.astype(str).ravel(), return_inverse=True)
+        uniq = [str(u) for u in uniq]
         norm = {_norm_level(lv): i for i, lv in enumerate(self.levels)}
-        out = np.empty(arr.shape, float)
-        for idx, x in np.ndenumerate(arr):
-            if isinstance(x, str):
-                try:
-                    out[idx] = norm[_norm_level(x)]
-                except KeyError:
-                    raise ValueError(
-                        f"covariate {self.name}: unknown level {x!r}; levels are {', '.join(self.levels)}"
-                    ) from None
-            else:
-                out[idx] = float(x)
+        codes = np.empty(len(uniq), float)
+        for j, u in enumerate(uniq):
+            if _norm_level(u) in norm:
+                codes[j] = norm[_norm_level(u)]
+                continue
+            try:
+                codes[j] = float(u)
+            except ValueError:
+                raise ValueError(
+                    f"covariate {self.name}: unknown level {u!r}; levels are {', '.join(self.levels)}"
+                ) from None
+        self._check_codes(codes)
+        out = codes[inv].reshape(arr.shape)
         return out if out.shape else float(out)
+
+    def _check_codes(self, a: np.ndarray) -> None:
+        n = len(self.levels)
+        bad = ~np.isnan(a) & ((a != np.round(a)) | (a < 0) | (a >= n))
+        if np.any(bad):
+            levels = ", ".join(f"{i} = {lv}" for i, lv in enumerate(self.levels))
+            raise ValueError(
+                f"covariate {self.name}: code {np.asarray(a)[bad].flat[0]:g} is not a level; "
+                f"codes are 0-based level indices ({levels}), or give the level names"
+            )
 
 
 def _norm_level(s: str) -> str:
