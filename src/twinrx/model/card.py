@@ -355,7 +355,6 @@ class Covariate:
         they pass through, checked to be level indices (or NaN, missing) when concrete."""
         if self.levels is None:
             return value
-        n = len(self.levels)
         try:
             numeric = np.dtype(jnp.result_type(value)).kind in "fiub"
         except TypeError:
