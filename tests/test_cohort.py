@@ -5,6 +5,7 @@ Cockcroft-Gault values, and the model cards' covariate models written out by han
 
 import csv
 import math
+import pickle
 import time
 import tomllib
 from pathlib import Path
@@ -602,3 +603,167 @@ def test_module_docstring_example_is_a_valid_population():
         "VKORC1",
     }
     assert pop.covariates["CRCL"].max() <= 150
+
+
+# --------------------------------------------------------------------------------------
+# In-silico trials: the chunk kernel (run_arms, simulate_chunk, chunk_partials)
+# --------------------------------------------------------------------------------------
+TRIAL = """
+[scenario]
+name = "bolus trial"
+model = "one_cpt_iv"
+horizon = 24.0
+step = 0.1
+
+[population.covariates]
+WT = { dist = "lognormal", median = 70, gcv = 0.25, unit = "kg" }
+SEX = { dist = "categorical", levels = ["F", "M"], probabilities = [0.4, 0.6] }
+
+[[regimens]]
+name = "5 mg/kg"
+dose = 5
+unit = "mg/kg"
+cmt = "central"
+
+[[regimens]]
+name = "350 mg"
+dose = 350
+cmt = "central"
+
+[[targets]]
+name = "AUC"
+metric = "auc"
+window = [0.0, 24.0]
+low = 40.0
+high = 90.0
+
+[cohort]
+n = 50
+subgroup = "SEX"
+"""
+
+
+def _bolus_auc(dose, cl, v, t=24.0):
+    return dose / cl * (1.0 - np.exp(-cl / v * t))
+
+
+def test_run_arms_scales_per_kg_doses_by_each_patient_and_flags_a_failed_solve():
+    from twinrx.scenarios import load_scenario
+
+    sc = load_scenario(TRIAL)
+    assert [a for a, _ in sc.arm_regimens] == ["5 mg/kg", "350 mg"]  # default: one arm per regimen
+    rng = np.random.default_rng(3)
+    n = 12
+    cl, v, wt = rng.uniform(2, 9, n), rng.uniform(30, 80, n), rng.uniform(45, 120, n)
+    res = cohort.run_arms(sc, {"CL": cl, "V": v}, key=KEY, weight=wt, trajectories=2)
+    np.testing.assert_allclose(res.metric[:, 0, 0], _bolus_auc(5.0 * wt, cl, v), rtol=2e-4)
+    np.testing.assert_allclose(res.metric[:, 1, 0], _bolus_auc(350.0, cl, v), rtol=2e-4)
+    assert res.status.tolist() == [[0, 0]] * n and res.trajectory.shape == (2, 2, 1, res.times.size)
+    # patient 3's clearance is absurd: flagged under every arm, NaN metrics, the others unchanged
+    bad = cl.copy()
+    bad[3] = np.nan
+    res2 = cohort.run_arms(sc, {"CL": bad, "V": v}, key=KEY, weight=wt)
+    assert res2.status[3].tolist() == [5, 5] and np.isnan(res2.metric[3]).all()
+    keep = np.arange(n) != 3
+    np.testing.assert_array_equal(res2.metric[keep], res.metric[keep])
+    part = cohort.chunk_partials(sc, res2, subgroup=np.arange(n) % 2, n_levels=2)
+    m = res.metric[:, :, 0]
+    ok = (m >= 40) & (m <= 90) & keep[:, None]
+    assert part["n_attained"][:, 0].tolist() == ok.sum(0).tolist()
+    assert part["n_failed"].tolist() == [1, 1] and int(part["n"]) == n
+    assert part["n_attained_by"][1, :, 0].tolist() == ok[1::2].sum(0).tolist()
+    assert part["n_by"].tolist() == [6, 6]
+
+
+def test_a_chunk_depends_on_its_index_and_size_only():
+    from twinrx.scenarios import load_scenario
+
+    sc = load_scenario(TRIAL)
+    spec = cohort.scenario_population(sc)
+    pop_a, res_a = cohort.simulate_chunk(sc, spec, 1, 30, 200, key=KEY)
+    pop_b, res_b = cohort.simulate_chunk(sc, spec, 1, 30, 45, key=KEY)  # the last chunk: 15 patients
+    assert pop_a.n == 30 and pop_b.n == 15
+    assert pop_b.ids.tolist() == [f"V{i:06d}" for i in range(31, 46)]
+    np.testing.assert_array_equal(pop_b.covariates["WT"], pop_a.covariates["WT"][:15])
+    np.testing.assert_array_equal(res_b.metric, res_a.metric[:15])
+    pop_c, _ = cohort.simulate_chunk(sc, spec, 2, 30, 200, key=KEY)
+    assert not np.array_equal(pop_c.covariates["WT"], pop_a.covariates["WT"])
+    with pytest.raises(ValueError, match="starts after"):
+        cohort.simulate_chunk(sc, spec, 2, 30, 60, key=KEY)
+
+
+def test_scenario_arms_and_cohort_settings_are_checked():
+    from twinrx.scenarios import load_scenario
+
+    sc = load_scenario(TRIAL + '\n[[arms]]\nname = "flat"\nregimen = "350 mg"\n')
+    assert [(a, r.name) for a, r in sc.arm_regimens] == [("flat", "350 mg")]
+    assert dict(sc.cohort) == {"n": 50, "subgroup": "SEX"}
+    assert pickle.loads(pickle.dumps(sc)) == sc  # scenarios travel to dask workers
+    with pytest.raises(TypeError):
+        sc.population["covariates"] = {}  # read-only
+    with pytest.raises(ValueError, match=r"no regimen 'x'"):
+        load_scenario(TRIAL + '\n[[arms]]\nregimen = "x"\n')
+    with pytest.raises(ValueError, match="unique"):
+        load_scenario(TRIAL + '\n[[arms]]\nregimen = "350 mg"\n[[arms]]\nregimen = "350 mg"\n')
+    with pytest.raises(ValueError, match=r"\[cohort\] chunk"):
+        load_scenario(TRIAL.replace("n = 50", "n = 50\nchunk = 0"))
+    with pytest.raises(ValueError, match="unknown key"):
+        load_scenario(TRIAL.replace("n = 50", "n = 50\nworkers = 3"))
+    drop = ("[population", "WT =", "SEX =")
+    without = "\n".join(line for line in TRIAL.splitlines() if not line.startswith(drop))
+    with pytest.raises(ValueError, match=r"\[population\]"):
+        cohort.scenario_population(load_scenario(without))
+
+
+def test_per_kg_amounts_are_per_patient_with_an_array_of_weights():
+    from twinrx.scenarios import load_scenario
+
+    sc = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "vancomycin_auc_guided.toml")
+    m = twinrx.get_model(sc.model)
+    reg = sc.regimen("25 mg/kg load, 15 mg/kg q12h")
+    t, a, _, _ = reg.doses(m, sc.horizon, weight=np.array([50.0, 100.0]))
+    assert a.shape == (2, t.size)
+    np.testing.assert_allclose(a[:, 0], [1250.0, 2500.0])
+    np.testing.assert_allclose(a[:, 1:], np.array([[750.0], [1500.0]]) * np.ones(t.size - 1))
+    _, a1, _, _ = reg.doses(m, sc.horizon, weight=80.0)
+    np.testing.assert_allclose(a1, [2000.0] + [1200.0] * (t.size - 1))
+
+
+def test_shipped_vancomycin_population_matches_goti_2018_table_1():
+    from twinrx.scenarios import load_scenario
+
+    sc = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "vancomycin_auc_guided.toml")
+    pop = cohort.sample_population(cohort.scenario_population(sc), 20_000, key=KEY)
+    c = pop.covariates
+    # Goti 2018 Table 1: 53.5 % male, 18.5 % on haemodialysis, medians 57 y, 79 kg, CrCL 62 mL/min
+    assert abs(np.mean(c["SEX"] == "M") - 0.535) < 0.015
+    assert abs(np.mean(c["DIAL"] == "yes") - 0.185) < 0.012
+    assert abs(np.median(c["AGE"]) - 57) < 1.0
+    assert abs(np.median(c["WT"]) - 79) < 1.5
+    assert abs(np.median(c["CRCL"]) - 62) < 2.5
+    assert c["CRCL"].min() >= 4 and c["CRCL"].max() <= 150
+    # the card reads these covariates as they are (units, levels)
+    params = cohort.individual_parameters(twinrx.get_model(sc.model), pop, key=KEY)
+    assert {"WT", "CRCL", "DIAL"} <= set(params)
+
+
+def test_shipped_warfarin_and_insulin_populations_fit_their_cards():
+    from twinrx.scenarios import load_scenario
+
+    root = Path(__file__).resolve().parents[1] / "scenarios"
+    for name, covs in (("warfarin_genotype_guided", {"CYP2C9", "VKORC1", "AGE"}), ("insulin_timing", {"BW"})):
+        sc = load_scenario(root / f"{name}.toml")
+        pop = cohort.sample_population(cohort.scenario_population(sc), 2000, key=KEY)
+        params = cohort.individual_parameters(twinrx.get_model(sc.model), pop, key=KEY)
+        assert covs <= set(params), name
+    sc = load_scenario(root / "warfarin_genotype_guided.toml")
+    pop = cohort.sample_population(cohort.scenario_population(sc), 40_000, key=KEY)
+    eu = pop.covariates["ANCESTRY"] == "European"
+    # VKORC1 -1639 A/A in Europeans: q^2 with the CPIC frequency read from the CSV
+    with FREQ_CSV.open() as f:
+        q = next(
+            float(r["frequency"])
+            for r in csv.DictReader(f)
+            if r["gene"] == "VKORC1" and r["group"] == "European" and r["allele"] == "A"
+        )
+    assert abs(np.mean(pop.covariates["VKORC1"][eu] == "AA") - q * q) < 0.01

@@ -25,6 +25,12 @@ scenario_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode="markdown", help="Compare and optimise regimens on a twin."
 )
 app.add_typer(scenario_app, name="scenario")
+cohort_app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    help="In-silico trials: a virtual population under every arm.",
+)
+app.add_typer(cohort_app, name="cohort")
 
 
 def _model_help() -> str:
@@ -536,6 +542,94 @@ def scenario_optimise(
     _table(["regimen", "scale", "doses (mg)", "median metric", "PTA"], rows)
     if skipped:
         typer.echo(f"not optimised (their rules set the doses): {'; '.join(skipped)}")
+
+
+@cohort_app.command("run")
+def cohort_run(
+    scenario: Path = typer.Argument(
+        ..., help="SCENARIO.toml with a [population] (format: scenarios/README.md)."
+    ),
+    n: int = typer.Option(None, "--n", help="Virtual patients (default: the scenario's [cohort] n)."),
+    out: Path = typer.Option(..., "--out", "-o", help="STORE.zarr to create (or to continue with --resume)."),
+    chunk: int = typer.Option(None, "--chunk", help="Patients per task and per Zarr chunk (default 1000)."),
+    scheduler: str = typer.Option(
+        None,
+        "--scheduler",
+        help="'synchronous' (in-process), or a dask scheduler address tcp://host:port "
+        "(default: a local cluster of one process per core; in-process on a GPU).",
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run into --out."),
+    seed: int = typer.Option(
+        None, "--seed", help="Random seed (default: the scenario's [cohort] seed, or 0)."
+    ),
+    trajectories: int = typer.Option(
+        None, "--trajectories", help="Keep the outputs of the first K patients (default 0)."
+    ),
+    workers: int = typer.Option(None, "--workers", help="Local cluster size (default: one per core)."),
+    subgroup: str = typer.Option(None, "--subgroup", help="A categorical covariate to split the PTA by."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+):
+    """Every virtual patient of the scenario's population under every arm (paired design):
+    per arm and target the probability of target attainment (PTA), median and 90% interval
+    of the metric, and the failed solves; per-patient results in the Zarr store.
+
+    Example: twinrx cohort run scenarios/vancomycin_auc_guided.toml --n 10000 --out vanco_cohort.zarr
+    """
+    from .scale import run_cohort
+    from .scenarios import load_scenario
+
+    sc = load_scenario(scenario)
+    settings = dict(sc.cohort)
+    n = n if n is not None else settings.get("n")
+    if n is None:
+        raise UserError("give the number of virtual patients: --n N (or n in the scenario's [cohort])")
+    seed = seed if seed is not None else settings.get("seed", 0)
+    try:
+        ds = run_cohort(
+            sc,
+            n,
+            out,
+            seed=seed,
+            chunk=chunk if chunk is not None else settings.get("chunk", 1000),
+            scheduler=scheduler,
+            resume=resume,
+            trajectories=trajectories if trajectories is not None else settings.get("trajectories", 0),
+            progress=progress,
+            workers=workers,
+            subgroup=subgroup,
+        )
+    except FileExistsError as e:
+        raise UserError(str(e)) from None
+    arms = [str(a) for a in ds.arm.values]
+    typer.echo(f"{sc.name}: {n} virtual patients x {len(arms)} arms (paired), seed {seed}")
+    pta, med = ds["pta"].values, ds["median"].values
+    q05, q95 = ds["q05"].values, ds["q95"].values
+    failed = ds["n_failed"].values
+    for j, t in enumerate(ds.target.values):
+        unit = str(ds["target_units"].values[j])
+        typer.echo(f"\n{t} [{unit}]:")
+        rows = []
+        for a in sorted(range(len(arms)), key=lambda a: -pta[a, j]):
+            rows.append(
+                [
+                    arms[a],
+                    _fmt(float(med[a, j])),
+                    f"{_fmt(float(q05[a, j]))} - {_fmt(float(q95[a, j]))}",
+                    f"{float(pta[a, j]):.1%}",
+                    str(int(failed[a])),
+                ]
+            )
+        _table(["arm", "median", "90% interval", "PTA", "failed"], rows)
+    if "pta_by" in ds:
+        t0 = str(ds.target.values[0])
+        typer.echo(f"\nPTA of {t0} by {ds.attrs.get('subgroup')}:")
+        by = ds["pta_by"].values
+        levels = [str(x) for x in ds.level.values]
+        rows = [[lv] + [f"{by[i, a, 0]:.1%}" for a in range(len(arms))] for i, lv in enumerate(levels)]
+        _table(["level", *arms], rows)
+    if int(failed.sum()):
+        typer.echo(f"warning: {int(failed.sum())} simulations failed (status != 0; counted as not attained)")
+    typer.echo(f"written to {out}")
 
 
 @app.command()

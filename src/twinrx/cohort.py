@@ -94,6 +94,7 @@ from importlib import resources
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 from scipy import special
@@ -928,10 +929,11 @@ class Population:
         )
 
 
-def _ids(n: int) -> np.ndarray:
-    """'V000001', 'V000002', ... (at least 6 digits), built without a Python loop."""
-    w = max(6, len(str(n)))
-    i = np.arange(1, n + 1, dtype=np.int64)
+def _ids(n: int, start: int = 0, total: int | None = None) -> np.ndarray:
+    """'V000001', 'V000002', ... (at least 6 digits, as many as ``total`` patients need),
+    patients ``start + 1`` to ``start + n``, built without a Python loop."""
+    w = max(6, len(str(n + start if total is None else total)))
+    i = np.arange(start + 1, start + n + 1, dtype=np.int64)
     powers = 10 ** np.arange(w - 1, -1, -1, dtype=np.int64)
     chars = np.empty((n, w + 1), np.uint32)
     chars[:, 0] = ord("V")
@@ -1238,4 +1240,258 @@ def _from_fit(model, fit, n: int, k_draw, k_eta, variability: bool) -> dict[str,
     out.update(etas)
     for key in pop.estimated_effects:
         out[f"__{key}"] = site(key)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# In-silico trials: every virtual patient under every arm
+# --------------------------------------------------------------------------------------
+def scenario_population(scenario) -> PopulationSpec:
+    """The :class:`PopulationSpec` of a scenario's ``[population]`` table."""
+    if scenario.population is None:
+        raise ValueError(
+            f"scenario {scenario.name!r} has no [population] table: add one (the virtual patients' "
+            "covariates and genotypes; format in scenarios/README.md) to run it as a cohort"
+        )
+    try:
+        return PopulationSpec.from_dict(scenario.population)
+    except ValueError as err:
+        raise ValueError(f"scenario {scenario.name!r} [population]: {err}") from None
+
+
+def patient_weight(population: Population):
+    """Each patient's ``WT`` in kg (converted from its unit), or None without ``WT``."""
+    if "WT" not in population.covariates or "WT" in population.levels:
+        return None
+    unit = population.units.get("WT") or "kg"
+    try:
+        f = conversion(unit, "kg")
+    except UnitError:
+        raise ValueError(f"population covariate WT has unit {unit!r}, which is not a mass") from None
+    return np.asarray(population.covariates["WT"], float) * f
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArmResults:
+    """What :func:`run_arms` gives for ``n`` patients under ``A`` arms and ``M`` targets.
+
+    ``metric`` ``(n, A, M)`` (NaN where the solve failed), ``status`` ``(n, A)`` (0 ok, else
+    the solver's :class:`twinrx.Status` code), ``total_dose`` and ``last_dose`` ``(n, A)``
+    (the amount taken in ``[0, horizon)``; the last planned dose after the rules), and the
+    trajectories ``(k, A, O, T)`` of the first ``k`` patients: the outputs ``outputs`` at
+    ``times`` (the scenario's grid: every target window, ``step`` apart)."""
+
+    arms: tuple[str, ...]
+    targets: tuple[str, ...]
+    metric: np.ndarray
+    status: np.ndarray
+    total_dose: np.ndarray
+    last_dose: np.ndarray
+    outputs: tuple[str, ...]
+    times: np.ndarray
+    trajectory: np.ndarray
+
+    def head(self, m: int) -> ArmResults:
+        """The first ``m`` patients."""
+        return dataclasses.replace(
+            self,
+            metric=self.metric[:m],
+            status=self.status[:m],
+            total_dose=self.total_dose[:m],
+            last_dose=self.last_dose[:m],
+            trajectory=self.trajectory[:m],
+        )
+
+
+def _patient_overrides(scenario, params: Mapping[str, Any], have: Mapping[str, Any], n: int):
+    """The scenario's ``[patient]`` values for what the population does not give (fixed
+    typical values such as insulin_timing's ``K = 0``), as arrays ``(n,)`` (text as is)."""
+    out = dict(params)
+    for k, v in scenario.patient:
+        if k in have:
+            continue
+        out[k] = v if isinstance(v, str) else np.full(n, float(v))
+    return out
+
+
+def run_arms(scenario, params: Mapping[str, Any], *, key, weight=None, trajectories: int = 0) -> ArmResults:
+    """Every patient of ``params`` under every arm of ``scenario``: the chunk kernel of a
+    cohort run.
+
+    Parameters
+    ----------
+    scenario : a :class:`twinrx.scenarios.Scenario`; its arms (``scenario.arm_regimens``)
+        and targets.
+    params : per-patient model inputs ``{name: (n,)}`` (:func:`individual_parameters`).
+    key : a jax random key; ``fold_in(key, 1)`` draws the adherence patterns (the same for
+        every arm: a paired design with common random numbers), ``fold_in(key, 2)`` the
+        scenario's within-patient variability.
+    weight : each patient's weight in kg ``(n,)`` for per-kg doses (default: ``params["WT"]``).
+    trajectories : keep the outputs of the first this many patients.
+
+    A patient whose solve fails under an arm has status != 0 there and NaN metrics; the
+    others are unaffected (patients are simulated independently).
+    """
+    from .model.library import get_model
+    from .scenarios import _scenario_draws, _simulate_regimen
+
+    _check_key(key)
+    model = get_model(scenario.model)
+    n = next(len(np.atleast_1d(v)) for v in params.values() if not isinstance(v, str))
+    draws = _scenario_draws(model, scenario, params, jax.random.fold_in(key, 2))
+    akey = jax.random.fold_in(key, 1)
+    arms = scenario.arm_regimens
+    k = max(0, min(int(trajectories), n))
+    times = scenario.grid()
+    outputs = tuple(o.name for o in model.outputs)
+    A, M = len(arms), len(scenario.targets)
+    needed = tuple(dict.fromkeys(t.output for t in scenario.targets))
+    metric = np.empty((n, A, M))
+    status = np.empty((n, A), np.int16)
+    total = np.empty((n, A))
+    last = np.empty((n, A))
+    traj = np.empty((k, A, len(outputs), times.size))
+    for a, (_, reg) in enumerate(arms):
+        grid, out, st, plan, amt, taken, time = _simulate_regimen(
+            model, scenario, reg, draws, akey, weight=weight
+        )
+        status[:, a] = st
+        bad = st != 0
+        shared = isinstance(grid, np.ndarray) and grid.ndim == 2 and grid.strides[0] == 0
+        g = jnp.asarray(grid[0] if shared else grid)  # one grid for all: its masks computed once
+        values = _metrics_fn(scenario.targets, shared)(g, {o: out[o] for o in needed})
+        metric[:, a, :] = np.where(bad[:, None], np.nan, np.asarray(values))
+        own = np.nonzero(plan.own)[0]
+        last[:, a] = amt[:, own[-1]]
+        within = plan.taken_by & (time < scenario.horizon)
+        total[:, a] = np.sum(np.where(within, amt * taken, 0.0), axis=1)
+        if k:
+            g = np.asarray(grid[:k])
+            idx = np.stack([np.searchsorted(g[i], times) for i in range(k)])
+            for o, name in enumerate(outputs):
+                y = np.asarray(out[name][:k])
+                traj[:, a, o, :] = np.where(bad[:k, None], np.nan, np.take_along_axis(y, idx, axis=1))
+    return ArmResults(
+        arms=tuple(a for a, _ in arms),
+        targets=tuple(t.name for t in scenario.targets),
+        metric=metric,
+        status=status,
+        total_dose=total,
+        last_dose=last,
+        outputs=outputs,
+        times=times,
+        trajectory=traj,
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _metrics_fn(targets, shared: bool = False):
+    """Every target's metric per patient, ``(n, M)``, from per-patient grids ``(n, T)`` (or
+    one grid ``(T,)`` for all when ``shared``) and outputs ``{name: (n, T)}``: one compiled
+    function per set of targets (the metrics of :class:`twinrx.scenarios.Target`, jitted
+    together rather than op by op)."""
+    axes = (None, 0) if shared else (0, 0)
+
+    def metrics(grid, outputs):
+        return jnp.stack(
+            [jax.vmap(tg.value, in_axes=axes)(grid, outputs[tg.output]) for tg in targets], axis=-1
+        )
+
+    return jax.jit(metrics)
+
+
+def subgroup_levels(spec: PopulationSpec, name: str) -> tuple[str, ...]:
+    """The levels of a categorical covariate (or ``ANCESTRY``, or a gene) of ``spec``."""
+    pop = sample_population(spec, 1, key=jax.random.key(0))  # the levels do not depend on draws
+    if name not in pop.levels:
+        cats = ", ".join(pop.levels) or "none"
+        raise ValueError(
+            f"subgroup {name!r} is not a categorical covariate of the population; categorical ones: {cats}"
+        )
+    return tuple(pop.levels[name])
+
+
+def draw_chunk(scenario, spec: PopulationSpec, index: int, size: int, *, key, source=None):
+    """The ``size`` virtual patients of chunk ``index`` and their model inputs: ``(population,
+    params)``, from ``fold_in(fold_in(key, index), 0)`` (covariates) and ``(..., 1)``
+    (parameters). See :func:`simulate_chunk`."""
+    from .model.library import get_model
+
+    kc = jax.random.fold_in(key, index)
+    model = get_model(scenario.model)
+    pop = sample_population(spec, size, key=jax.random.fold_in(kc, 0))
+    params = individual_parameters(model, pop, key=jax.random.fold_in(kc, 1), source=source)
+    return pop, _patient_overrides(scenario, params, pop.covariates, size)
+
+
+def simulate_chunk(
+    scenario,
+    spec: PopulationSpec,
+    index: int,
+    size: int,
+    n: int,
+    *,
+    key,
+    trajectories: int = 0,
+    source=None,
+    drawn=None,
+) -> tuple[Population, ArmResults]:
+    """Chunk ``index`` of a cohort of ``n`` patients in chunks of ``size``: patients
+    ``index * size`` to ``min((index + 1) * size, n) - 1``.
+
+    Its randomness is ``fold_in(key, index)`` alone (covariates from ``fold_in(., 0)``,
+    parameters from ``fold_in(., 1)``, adherence and variability from ``fold_in(., 2)``),
+    so a chunk's patients do not depend on which worker runs it, on the order chunks run
+    in, or on an interruption; they do depend on ``size``. Every chunk draws and simulates
+    ``size`` patients (one compiled shape), and the last one keeps those it needs.
+    ``drawn``: the chunk's :func:`draw_chunk`, when already made."""
+    start = index * size
+    m = min(size, n - start)
+    if m <= 0:
+        raise ValueError(f"chunk {index} of size {size} starts after the cohort's {n} patients")
+    pop, params = (
+        drawn if drawn is not None else draw_chunk(scenario, spec, index, size, key=key, source=source)
+    )
+    res = run_arms(
+        scenario,
+        params,
+        key=jax.random.fold_in(jax.random.fold_in(key, index), 2),
+        weight=patient_weight(pop),
+        trajectories=max(0, min(trajectories - start, size)),
+    )
+    return _head_population(pop, m, start, n), res.head(m)
+
+
+def _head_population(pop: Population, m: int, start: int, total: int) -> Population:
+    return dataclasses.replace(
+        pop,
+        ids=_frozen(_ids(m, start, total)),
+        covariates=types.MappingProxyType({k: _frozen(v[:m].copy()) for k, v in pop.covariates.items()}),
+        codes=types.MappingProxyType({k: _frozen(v[:m].copy()) for k, v in pop.codes.items()}),
+    )
+
+
+def chunk_partials(
+    scenario, res: ArmResults, *, subgroup: np.ndarray | None = None, n_levels: int = 0
+) -> dict[str, np.ndarray]:
+    """Partial sums of a chunk, added over chunks for the endpoints: ``n`` (patients),
+    ``n_attained`` ``(A, M)`` (target attained, solve ok), ``n_failed`` ``(A,)``, and with
+    ``subgroup`` (level codes ``(n,)``) ``n_by`` ``(L,)`` and ``n_attained_by`` ``(L, A, M)``."""
+    ok = np.zeros(res.metric.shape, bool)
+    for j, tg in enumerate(scenario.targets):
+        m = res.metric[:, :, j]
+        with np.errstate(invalid="ignore"):
+            ok[:, :, j] = np.asarray(tg.attained(m)) & np.isfinite(m)
+    ok &= (res.status == 0)[:, :, None]
+    out = {
+        "n": np.asarray(res.metric.shape[0], np.int64),
+        "n_attained": ok.sum(axis=0).astype(np.int64),
+        "n_failed": (res.status != 0).sum(axis=0).astype(np.int64),
+    }
+    if subgroup is not None:
+        codes = np.asarray(subgroup, np.int64)
+        out["n_by"] = np.bincount(codes, minlength=n_levels).astype(np.int64)
+        by = np.zeros((n_levels, *ok.shape[1:]), np.int64)
+        np.add.at(by, codes, ok.astype(np.int64))
+        out["n_attained_by"] = by
     return out

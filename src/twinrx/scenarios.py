@@ -243,14 +243,22 @@ class Regimen:
     adherence: Adherence | None = None
     rules: tuple[Rule, ...] = ()
 
-    def doses(self, model, horizon: float, weight: float | None = None):
-        """(time, amount, compartment index, duration) of every dose, sorted by time."""
+    def doses(self, model, horizon: float, weight=None):
+        """(time, amount, compartment index, duration) of every dose, sorted by time.
+
+        ``weight`` (kg) scales the per-kg doses: a number (one patient), or an array
+        ``(n,)`` (one weight per patient), which makes the amounts ``(n, R)``."""
         rows = _block_rows(self.blocks, model, horizon, weight, f"regimen {self.name!r}")
         if not rows:
             raise ValueError(f"regimen {self.name!r} gives no dose within the horizon ({horizon} h)")
         rows.sort(key=lambda r: r[0])
-        t, a, c, d = (np.asarray(x) for x in zip(*rows))
-        return t.astype(float), a.astype(float), c.astype(int), d.astype(float)
+        t, a, c, d, kg = (np.asarray(x) for x in zip(*rows))
+        return (
+            t.astype(float),
+            _per_kg(a.astype(float), kg.astype(bool), weight),
+            c.astype(int),
+            d.astype(float),
+        )
 
     def events(self, model, horizon: float, weight: float | None = None) -> EventTable:
         """The planned doses (full adherence, no rules) as one patient's events."""
@@ -260,19 +268,26 @@ class Regimen:
 
 
 def _block_rows(blocks, model, horizon, weight, who):
+    """(time, amount per dose or per kg, compartment index, duration, per kg) of each dose."""
     rows = []
     for b in blocks:
-        amt = b.amount
-        if b.per_kg:
-            if weight is None:
-                raise ValueError(
-                    f"{who} doses per kg, but the patient has no weight: give WT in "
-                    "[patient] (or the twin's data)"
-                )
-            amt = amt * weight
+        if b.per_kg and weight is None:
+            raise ValueError(
+                f"{who} doses per kg, but the patient has no weight: give WT in "
+                "[patient] (or the twin's data, or the cohort's [population])"
+            )
         ci = model.compartment_index(b.cmt)
-        rows += [(float(t), amt, ci, b.duration) for t in b.times(horizon)]
+        rows += [(float(t), b.amount, ci, b.duration, b.per_kg) for t in b.times(horizon)]
     return rows
+
+
+def _per_kg(amount: np.ndarray, per_kg: np.ndarray, weight) -> np.ndarray:
+    """Amounts ``(R,)`` with the per-kg ones times ``weight``: ``(R,)`` for one weight,
+    ``(n, R)`` for an array of ``n`` weights (a cohort: one per patient)."""
+    if weight is None or not per_kg.any():
+        return amount
+    w = np.asarray(weight, float)
+    return np.where(per_kg, amount * w[..., None], amount) if w.ndim else np.where(per_kg, amount * w, amount)
 
 
 def with_amounts(events: EventTable, amounts) -> EventTable:
@@ -370,10 +385,21 @@ class Scenario:
     source: str = ""  # the file's text (its hash goes into every result)
     background: tuple[DoseBlock, ...] = ()
     variability: tuple[tuple[str, float], ...] = ()
+    population: Mapping[str, Any] | None = dataclasses.field(default=None, hash=False)
+    arms: tuple[tuple[str, str], ...] = ()
+    cohort: tuple[tuple[str, Any], ...] = ()
 
     @property
     def hash(self) -> str:
         return hashlib.sha256((self.source or repr(self)).encode()).hexdigest()[:16]
+
+    @property
+    def arm_regimens(self) -> tuple[tuple[str, Regimen], ...]:
+        """The arms of an in-silico trial, ``(arm name, regimen)``: the ``[[arms]]`` of the
+        file, or one arm per regimen (named after it)."""
+        if self.arms:
+            return tuple((a, self.regimen(r)) for a, r in self.arms)
+        return tuple((r.name, r) for r in self.regimens)
 
     def regimen(self, name: str) -> Regimen:
         for r in self.regimens:
@@ -648,6 +674,9 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> Scenario:
     background = tuple(
         _block(model, b, f"[[background]] #{i + 1}") for i, b in enumerate(doc.get("background", []))
     )
+    population = doc.get("population")
+    if population is not None and not isinstance(population, Mapping):
+        raise ValueError("[population] must be a table (the virtual population: covariates, genotypes)")
     return Scenario(
         name=str(head["name"]),
         model=str(head["model"]),
@@ -660,7 +689,92 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> Scenario:
         source=text,
         background=background,
         variability=_variability(model, doc.get("variability", {})),
+        population=None if population is None else _frozen_mapping(population),
+        arms=_arms(doc.get("arms", []), names),
+        cohort=_cohort_settings(doc.get("cohort", {})),
     )
+
+
+class _ReadOnly(Mapping):
+    """A read-only mapping that pickles (a scenario travels to dask workers)."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, d: Mapping[str, Any]):
+        self._d = dict(d)
+
+    def __getitem__(self, k):
+        return self._d[k]
+
+    def __iter__(self):
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __repr__(self) -> str:
+        return repr(self._d)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return (_ReadOnly, (self._d,))
+
+
+def _frozen_mapping(d: Any) -> Any:
+    """A read-only copy of a TOML value (tables as read-only mappings, arrays as tuples)."""
+    if isinstance(d, Mapping):
+        return _ReadOnly({k: _frozen_mapping(v) for k, v in d.items()})
+    if isinstance(d, (list, tuple)):
+        return tuple(_frozen_mapping(v) for v in d)
+    return d
+
+
+def _arms(spec: Any, regimens: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``[[arms]]``: ``name`` and ``regimen`` (a regimen's name) per arm."""
+    if not isinstance(spec, (list, tuple)):
+        raise ValueError('[[arms]] must be a list of tables: [[arms]] name = "A" regimen = "<regimen name>"')
+    out = []
+    for i, a in enumerate(spec):
+        where = f"[[arms]] #{i + 1}"
+        if not isinstance(a, Mapping):
+            raise ValueError(f"{where} must be a table with name and regimen")
+        _unknown(a, {"name", "regimen"}, where)
+        if "regimen" not in a:
+            raise ValueError(f"{where}: needs 'regimen' (one of: {', '.join(regimens)})")
+        reg = str(a["regimen"])
+        if reg not in regimens:
+            raise ValueError(f"{where}: no regimen {reg!r}; the scenario has: {', '.join(regimens)}")
+        out.append((str(a.get("name", reg)), reg))
+    arm_names = [a for a, _ in out]
+    if len(set(arm_names)) != len(arm_names):
+        raise ValueError(f"[[arms]]: arm names must be unique, got {arm_names}")
+    return tuple(out)
+
+
+_COHORT_KEYS = {"n": int, "chunk": int, "trajectories": int, "seed": int, "subgroup": str}
+
+
+def _cohort_settings(spec: Any) -> tuple[tuple[str, Any], ...]:
+    """``[cohort]``: defaults of ``twinrx cohort run`` (n, chunk, trajectories, seed, subgroup)."""
+    if not isinstance(spec, Mapping):
+        raise ValueError("[cohort] must be a table, e.g. [cohort] n = 10000 chunk = 1000")
+    _unknown(spec, set(_COHORT_KEYS), "[cohort]")
+    out = []
+    for k, v in spec.items():
+        kind = _COHORT_KEYS[k]
+        if kind is int and (
+            isinstance(v, bool) or not isinstance(v, int) or v < (1 if k in ("n", "chunk") else 0)
+        ):
+            low = "a positive" if k in ("n", "chunk") else "a non-negative"
+            raise ValueError(f"[cohort] {k} = {v!r} must be {low} whole number")
+        if kind is str and not isinstance(v, str):
+            raise ValueError(f"[cohort] {k} = {v!r} must be a covariate name (text)")
+        out.append((k, v))
+    return tuple(sorted(out))
 
 
 # ------------------------------------------------------------------------------ the twin
@@ -723,9 +837,14 @@ def twin_draws(
     return out
 
 
-def _weight(draws: Mapping[str, Any]) -> float | None:
+def _weight(draws: Mapping[str, Any]):
+    """The draws' weight (kg) for per-kg doses: one number when every draw has the same (a
+    twin), else an array ``(n,)`` (a cohort), or None without ``WT``."""
     w = draws.get("WT")
-    return None if w is None else float(np.asarray(w).reshape(-1)[0])
+    if w is None:
+        return None
+    w = np.asarray(w, float).reshape(-1)
+    return float(w[0]) if np.all(w == w[0]) else w
 
 
 def _n_draws(draws: Mapping[str, Any]) -> int:
@@ -766,11 +885,15 @@ class _Plan:
     base: EventTable
 
     @staticmethod
-    def build(model, scenario: Scenario, reg: Regimen, weight: float | None) -> _Plan:
-        t, a, c, d = reg.doses(model, scenario.horizon, weight)
-        rows = [(ti, ai, ci, di, 1, None) for ti, ai, ci, di in zip(t, a, c, d, strict=True)]
+    def build(model, scenario: Scenario, reg: Regimen, weight) -> _Plan:
+        """``weight``: a number, or an array ``(n,)`` (one per patient: then ``amt`` is
+        ``(n, R)``)."""
+        rows = [
+            (*r[:4], 1, None, r[4])
+            for r in _block_rows(reg.blocks, model, scenario.horizon, weight, f"regimen {reg.name!r}")
+        ]
         rows += [
-            (*r, 0, None)
+            (*r[:4], 0, None, r[4])
             for r in _block_rows(scenario.background, model, scenario.horizon, weight, "[[background]]")
         ]
         first = reg.blocks[0]
@@ -778,13 +901,16 @@ class _Plan:
             if any(cond.add is not None for cond in rule.when):
                 ci = model.compartment_index(first.cmt)
                 rows += [
-                    (float(td), 0.0, ci, first.duration, 2, (i, float(td)))
+                    (float(td), 0.0, ci, first.duration, 2, (i, float(td)), False)
                     for td in rule.times(scenario.horizon)
                 ]
+        if not any(r[4] == 1 for r in rows):
+            raise ValueError(f"regimen {reg.name!r} gives no dose within the horizon ({scenario.horizon} h)")
         rows.sort(key=lambda r: (r[0], -r[4]))  # own doses first at equal times
-        time, amt, cmt, dur, kind, slot = zip(*rows, strict=True)
+        time, amt, cmt, dur, kind, slot, kg = zip(*rows, strict=True)
         time, amt, dur = (np.asarray(x, float) for x in (time, amt, dur))
         cmt, kind = np.asarray(cmt, int), np.asarray(kind, int)
+        amt = _per_kg(amt, np.asarray(kg, bool), weight)
         rate = np.where(dur > 0, 1.0 / np.where(dur > 0, dur, 1.0), 0.0)  # placeholder amount 1
         base = EventTable.from_records(
             time, np.ones_like(cmt), np.ones_like(time), cmt + 1, rate=rate, n_cmt=model.n_state
@@ -832,6 +958,9 @@ def _dose_grid(grid: np.ndarray, time: np.ndarray) -> np.ndarray:
     before it, so that a trapezoid AUC across a bolus sees its jump exactly (delayed doses
     included)."""
     n = time.shape[0]
+    if n > 1 and np.all(time == time[:1]):  # every draw doses at the same times: sort once
+        one = np.sort(np.concatenate([grid, np.maximum(time[0] - _EPS, 0.0), time[0]]))
+        return np.broadcast_to(one, (n, one.size))
     pts = np.concatenate([np.broadcast_to(grid, (n, grid.size)), np.maximum(time - _EPS, 0.0), time], axis=1)
     return np.sort(pts, axis=1)
 
@@ -841,22 +970,26 @@ def _metric(tg: Target, grid, c):
     return np.asarray(jax.vmap(tg.value)(jnp.asarray(grid), c))
 
 
-def _simulate_regimen(model, scenario: Scenario, reg: Regimen, draws, key):
+def _simulate_regimen(model, scenario: Scenario, reg: Regimen, draws, key, *, weight=None, grid=None):
     """Simulate one regimen on every draw, deciding its rules per draw on the way.
+
+    ``weight`` (kg, a number or ``(n,)``) scales per-kg doses (default: the draws' ``WT``);
+    ``grid`` replaces the regimen's output grid (before the dose times are added).
 
     Returns the per-draw grid ``(n, T)``, outputs ``{name: (n, T)}``, status ``(n,)``, the
     plan, the planned amounts after the rules ``(n, R)``, the fraction of each dose taken
     and its actual time (each ``(n, R)``)."""
     n = _n_draws(draws)
-    plan = _Plan.build(model, scenario, reg, _weight(draws))
+    plan = _Plan.build(model, scenario, reg, _weight(draws) if weight is None else weight)
     taken, time = plan.adherence(reg, n, key)
     amt = np.broadcast_to(plan.amt, (n, len(plan.time))).copy()
-    grid = _dose_grid(scenario.regimen_grid(reg), time)
+    grid = _dose_grid(scenario.regimen_grid(reg) if grid is None else grid, time)
+
+    # Without per-draw dose times every draw has the same grid: give it once.
+    times = jnp.asarray(grid[0] if grid.strides[0] == 0 else grid)
 
     def run(amt):
-        _, out, status = simulate_arrays(
-            model, draws, plan.events(amt * taken, time), jnp.asarray(grid), devices=1
-        )
+        _, out, status = simulate_arrays(model, draws, plan.events(amt * taken, time), times, devices=1)
         return out, np.asarray(status)
 
     failed = np.zeros(n, bool)
@@ -1080,7 +1213,7 @@ def optimise(
         "regimen": reg.name,
         "target": tg.name,
         "scale": math.exp(x),
-        "doses": np.asarray(plan.amt)[plan.own] * math.exp(x),
+        "doses": np.asarray(plan.amt)[..., plan.own] * math.exp(x),
         "objective": float(value),
         "pta": exact,
         "gradient": g,
