@@ -1,6 +1,7 @@
 """The command line, through its entry point (exit codes 0 / 1)."""
 
 import pandas as pd
+import pytest
 
 from twinrx.cli import main
 
@@ -174,3 +175,37 @@ def test_scenario_errors_exit_1(tmp_path, capsys):
     sc.write_text(SCENARIO.replace('metric = "auc"', 'metric = "mean"'))
     assert main(["scenario", "run", str(sc)]) == 1
     assert "metric must be one of" in capsys.readouterr().err
+
+
+def test_json_and_quiet_output_and_the_report_command(tmp_path, capsys):
+    """--json: one JSON document (tables as rows, the file written, the exit code), equal to
+    what the store holds; --quiet: nothing on stdout; errors give exit code 1 in both, in
+    the document too. `twinrx report` turns the result into one HTML page."""
+    import json
+
+    from twinrx.store import open_store
+
+    sc = tmp_path / "s.toml"
+    sc.write_text(SCENARIO)
+    out = tmp_path / "r.zarr"
+    args = ["scenario", "run", str(sc), "--draws", "200", "--seed", "3", "--out", str(out)]
+    assert main([*args, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["exit_code"] == 0 and doc["command"] == "scenario run" and doc["written"] == str(out)
+    tables = [o["table"] for o in doc["output"] if "table" in o]
+    assert tables and tables[0]["columns"][:2] == ["regimen", "median"]
+    ds = open_store(out)
+    first_target = str(ds.target.values[0])
+    for row in tables[0]["rows"]:
+        med = float(ds["median"].sel(target=first_target, regimen=row[0]))
+        assert float(row[1]) == pytest.approx(med, rel=1e-3)
+    assert main(["--quiet", *args[:-1], str(tmp_path / "r2.zarr")]) == 0
+    assert capsys.readouterr().out == "" and (tmp_path / "r2.zarr").is_dir()
+    assert main(["scenario", "run", str(tmp_path / "missing.toml"), "--json"]) == 1
+    bad = json.loads(capsys.readouterr().out)
+    assert bad["exit_code"] == 1 and "missing.toml" in bad["error"]
+    html = tmp_path / "r.html"
+    assert main(["report", str(out), "--out", str(html)]) == 0
+    page = html.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page
+    assert main(["report", str(out), "--out", str(tmp_path / "r.pdf")]) == 1

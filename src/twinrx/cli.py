@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a problem with the user's input (the message says what 
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 from pathlib import Path
@@ -17,7 +18,12 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",
     no_args_is_help=True,
-    help="twinrx: patient digital twins — NONMEM-faithful PK/PD simulation in JAX.",
+    help=(
+        "twinrx: patient digital twins — NONMEM-faithful PK/PD simulation in JAX.\n\n"
+        "Every command also takes --json (one JSON document on stdout: tables as rows, files "
+        "written, exit code) and --quiet / -q (nothing on success). Exit codes: 0 ok, 1 a "
+        "problem with the input (the message says what to fix), 2 an internal error."
+    ),
 )
 models_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="The model library.")
 app.add_typer(models_app, name="models")
@@ -121,12 +127,13 @@ def simulate(
         df.to_csv(out, index=False, float_format="%.15g")
     bad = df.groupby("ID", sort=False)["STATUS"].max()
     bad = bad[bad != 0]
-    typer.echo(f"wrote {out}: {len(df)} rows, {df['ID'].nunique()} patients")
+    _say(f"wrote {out}: {len(df)} rows, {df['ID'].nunique()} patients")
+    _fact("written", str(out))
     if len(bad):
         from ._types import status_message
 
         for pid, code in bad.items():
-            typer.echo(f"patient {pid}: {status_message(int(code))}", err=True)
+            _warn(f"patient {pid}: {status_message(int(code))}")
 
 
 simulate.__doc__ = (simulate.__doc__ or "") + "\n    " + _model_help() + "\n"
@@ -155,11 +162,12 @@ def validate(
         }
     problems = validate_nonmem(data, m, **kw)
     if not problems:
-        typer.echo(f"{data}: no problems found")
+        _say(f"{data}: no problems found")
         return
-    typer.echo(f"{data}: {len(problems)} problem{'s' if len(problems) != 1 else ''}")
+    _say(f"{data}: {len(problems)} problem{'s' if len(problems) != 1 else ''}")
+    _fact("problems", [str(p) for p in problems])
     for p in problems:
-        typer.echo(f"  - {p}")
+        _say(f"  - {p}")
     raise typer.Exit(1)
 
 
@@ -178,7 +186,8 @@ def demo(
     """
     from ._demo import run_demo
 
-    run_demo(out, n=n, seed=seed, echo=typer.echo)
+    run_demo(out, n=n, seed=seed, echo=_say)
+    _fact("written", str(out))
 
 
 def _wearable_pairs(items: list[str] | None) -> list[tuple[str | None, Path]]:
@@ -241,20 +250,21 @@ def ingest(
         linkage=linkage,
     )
     write_patients(cohort, out)
+    _fact("written", str(out))
     n_obs = sum(len(s) for p in cohort for s in p.series.values())
     n_dose = sum(len(p.dosing) for p in cohort)
-    typer.echo(
+    _say(
         f"{out}: {len(cohort)} patient{'s' if len(cohort) != 1 else ''}, {n_obs} observations, "
         f"{n_dose} dosing records, {sum(len(p.phenotypes) for p in cohort)} phenotypes"
     )
     if cohort.skipped:
-        typer.echo(f"skipped {len(cohort.skipped)}:")
+        _say(f"skipped {len(cohort.skipped)}:")
         for sk in cohort.skipped[:20]:
-            typer.echo(f"  - {sk}")
+            _say(f"  - {sk}")
         if len(cohort.skipped) > 20:
-            typer.echo(f"  ... and {len(cohort.skipped) - 20} more (see the store's 'skipped' attribute)")
+            _say(f"  ... and {len(cohort.skipped) - 20} more (see the store's 'skipped' attribute)")
     if linkage is not None:
-        typer.echo(f"linkage written to {linkage} (keep it apart from the store)")
+        _say(f"linkage written to {linkage} (keep it apart from the store)")
 
 
 def _load_fit_data(model, data: Path, dvid, dv_unit, unit):
@@ -288,23 +298,22 @@ def _print_fit(f, out: Path) -> None:
             cells.append("-" if not np.isfinite(v) else (f"{v:.3f}" if k == "r_hat" else f"{v:.0f}"))
         rows.append(cells)
     if rows:
-        typer.echo(f"{f.method} fit of {f.model.name} to {f.data.n_patients} patient(s):")
+        _say(f"{f.method} fit of {f.model.name} to {f.data.n_patients} patient(s):")
         _table(["parameter", "median", "90% interval", "R-hat", "ESS bulk", "ESS tail"], rows)
     ind = [k for k in summ if np.atleast_1d(summ[k]["median"]).size > 1]
     if ind and f.data.n_patients <= 20:
-        typer.echo("individual values (median):")
+        _say("individual values (median):")
         hdr = ["patient", *ind]
         body = [[pid, *(_fmt(float(summ[k]["median"][i])) for k in ind)] for i, pid in enumerate(f.data.ids)]
         _table(hdr, body)
     if f.stats.get("diverging") is not None:
         n = int(np.sum(f.stats["diverging"]))
-        typer.echo(f"divergences: {n}" + ("  (raise --target-accept, or reparameterise)" if n else ""))
+        _say(f"divergences: {n}" + ("  (raise --target-accept, or reparameterise)" if n else ""))
     rhat = [float(np.nanmax(st["r_hat"])) for st in summ.values() if np.size(st["r_hat"])]
     if rhat and np.nanmax(rhat) > 1.01:
-        typer.echo(
-            f"warning: R-hat up to {np.nanmax(rhat):.3f} > 1.01: run longer chains (--warmup, --draws)"
-        )
-    typer.echo(f"written to {out} ({f.info.get('seconds', 0):.1f} s)")
+        _say(f"warning: R-hat up to {np.nanmax(rhat):.3f} > 1.01: run longer chains (--warmup, --draws)")
+    _say(f"written to {out} ({f.info.get('seconds', 0):.1f} s)")
+    _fact("written", str(out))
 
 
 @app.command()
@@ -365,7 +374,7 @@ def fit(
         warmup=warmup,
         draws=draws,
         target_accept=target_accept,
-        progress=progress,
+        progress=progress and _OUT.interactive,
         **options,
     )
     write_fit(to_datatree(f), out)
@@ -395,7 +404,7 @@ def update(
 
     prev = from_datatree(read_fit(fit_store))
     new = _load_fit_data(prev.model, data, dvid, dv_unit, unit)
-    kw = {"progress": progress} if prev.method in ("nuts", "svi") else {}
+    kw = {"progress": progress and _OUT.interactive} if prev.method in ("nuts", "svi") else {}
     f = run_update(prev, new, seed=seed, warmup=warmup, **kw)
     write_fit(to_datatree(f), out)
     _print_fit(f, out)
@@ -461,10 +470,10 @@ def scenario_run(
     who = (
         f"twin {twin.name}" + (f", patient {patient}" if patient else "") if twin else "the card's population"
     )
-    typer.echo(f"{sc.name}: {len(sc.regimens)} regimens x {draws} draws of {who} (seed {seed})")
+    _say(f"{sc.name}: {len(sc.regimens)} regimens x {draws} draws of {who} (seed {seed})")
     for t in ds.target.values:
         unit = ds[str(t)].attrs.get("units", "")
-        typer.echo(f"\n{t} [{unit}]:")
+        _say(f"\n{t} [{unit}]:")
         rows = []
         for r in np.argsort(ds["rank"].values):
             sel = {"target": t, "regimen": ds.regimen.values[r]}
@@ -479,9 +488,7 @@ def scenario_run(
             )
         _table(["regimen", "median", "90% interval", "PTA", "rank"], rows)
     if ds.attrs["failed_draws"]:
-        typer.echo(
-            f"warning: {ds.attrs['failed_draws']} simulations failed (NaN metrics, excluded from the PTA)"
-        )
+        _say(f"warning: {ds.attrs['failed_draws']} simulations failed (NaN metrics, excluded from the PTA)")
     if out is not None:
         from .store import write_store
 
@@ -494,7 +501,8 @@ def scenario_run(
             patient=patient or "",
             scenario_source=sc.source,
         )
-        typer.echo(f"written to {out}")
+        _say(f"written to {out}")
+        _fact("written", str(out))
 
 
 @scenario_app.command("optimise")
@@ -538,10 +546,10 @@ def scenario_optimise(
             ]
         )
     tg = target or sc.targets[0].name
-    typer.echo(f"{sc.name}: best dose scale per regimen for {tg!r} ({objective}, {draws} draws, seed {seed})")
+    _say(f"{sc.name}: best dose scale per regimen for {tg!r} ({objective}, {draws} draws, seed {seed})")
     _table(["regimen", "scale", "doses (mg)", "median metric", "PTA"], rows)
     if skipped:
-        typer.echo(f"not optimised (their rules set the doses): {'; '.join(skipped)}")
+        _say(f"not optimised (their rules set the doses): {'; '.join(skipped)}")
 
 
 @cohort_app.command("run")
@@ -594,20 +602,20 @@ def cohort_run(
             scheduler=scheduler,
             resume=resume,
             trajectories=trajectories if trajectories is not None else settings.get("trajectories", 0),
-            progress=progress,
+            progress=progress and _OUT.interactive,
             workers=workers,
             subgroup=subgroup,
         )
     except FileExistsError as e:
         raise UserError(str(e)) from None
     arms = [str(a) for a in ds.arm.values]
-    typer.echo(f"{sc.name}: {n} virtual patients x {len(arms)} arms (paired), seed {seed}")
+    _say(f"{sc.name}: {n} virtual patients x {len(arms)} arms (paired), seed {seed}")
     pta, med = ds["pta"].values, ds["median"].values
     q05, q95 = ds["q05"].values, ds["q95"].values
     failed = ds["n_failed"].values
     for j, t in enumerate(ds.target.values):
         unit = str(ds["target_units"].values[j])
-        typer.echo(f"\n{t} [{unit}]:")
+        _say(f"\n{t} [{unit}]:")
         rows = []
         for a in sorted(range(len(arms)), key=lambda a: -pta[a, j]):
             rows.append(
@@ -622,46 +630,77 @@ def cohort_run(
         _table(["arm", "median", "90% interval", "PTA", "failed"], rows)
     if "pta_by" in ds:
         t0 = str(ds.target.values[0])
-        typer.echo(f"\nPTA of {t0} by {ds.attrs.get('subgroup')}:")
+        _say(f"\nPTA of {t0} by {ds.attrs.get('subgroup')}:")
         by = ds["pta_by"].values
         levels = [str(x) for x in ds.level.values]
         rows = [[lv] + [f"{by[i, a, 0]:.1%}" for a in range(len(arms))] for i, lv in enumerate(levels)]
         _table(["level", *arms], rows)
     if int(failed.sum()):
-        typer.echo(f"warning: {int(failed.sum())} simulations failed (status != 0; counted as not attained)")
-    typer.echo(f"written to {out}")
+        _say(f"warning: {int(failed.sum())} simulations failed (status != 0; counted as not attained)")
+    _say(f"written to {out}")
+    _fact("written", str(out))
+
+
+@app.command()
+def report(
+    store: Path = typer.Argument(..., help="FIT.zarr (twinrx fit) or RESULT.zarr (twinrx scenario run)."),
+    out: Path = typer.Option(..., "--out", "-o", help="REPORT.html to write: one self-contained page."),
+    title: str = typer.Option(None, "--title", help="Title of the page (default: what the store is)."),
+    twin: Path = typer.Option(
+        None, "--twin", help="A scenario result on a fitted twin: the twin's FIT.zarr, for the bands."
+    ),
+    seed: int = typer.Option(None, "--seed", help="Seed of the figures' draws (default: the store's)."),
+    patients: int = typer.Option(3, "--patients", help="Fits: individual-fit figures of this many patients."),
+):
+    """One static HTML page of a fit, a scenario result or a cohort store: tables,
+    diagnostics, figures (embedded) and provenance. It needs no server and no network.
+
+    Example: twinrx report pop.zarr --out pop.html
+    """
+    import jax
+
+    from .report import write_report
+
+    path = write_report(
+        store,
+        out,
+        title=title,
+        twin=twin,
+        patients=patients,
+        key=None if seed is None else jax.random.key(seed),
+    )
+    _say(f"wrote {path}: {path.stat().st_size / 1e6:.1f} MB, one self-contained HTML page")
+    _fact("written", str(path))
 
 
 @app.command()
 def inspect(
     store: Path = typer.Argument(..., help="PATIENTS.zarr written by twinrx ingest."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
     """Per patient: id, covariates (value, unit), phenotypes (gene, diplotype, activity score,
     phenotype) and observation series (name, count, unit, time range in hours).
 
     Example: twinrx inspect patients.zarr --json
     """
-    import json
-
     from .store import read_patients
 
     cohort = read_patients(store)
     summaries = [p.summary() for p in cohort]
-    if as_json:
-        typer.echo(json.dumps({"patients": summaries, "skipped": [str(s) for s in cohort.skipped]}, indent=2))
+    if _OUT.json:
+        _fact("patients", summaries)
+        _fact("skipped", [str(s) for s in cohort.skipped])
         return
-    typer.echo(f"{store}: {len(cohort)} patient{'s' if len(cohort) != 1 else ''}")
+    _say(f"{store}: {len(cohort)} patient{'s' if len(cohort) != 1 else ''}")
     for sm in summaries:
-        typer.echo(f"\npatient {sm['id']}")
+        _say(f"\npatient {sm['id']}")
         if sm["covariates"]:
-            typer.echo(" covariates:")
+            _say(" covariates:")
             _table(
                 ["name", "value", "unit"],
                 [[k, _fmt(c["value"]), c["unit"]] for k, c in sm["covariates"].items()],
             )
         if sm["phenotypes"]:
-            typer.echo(" phenotypes:")
+            _say(" phenotypes:")
             _table(
                 ["gene", "diplotype", "activity score", "phenotype"],
                 [
@@ -675,7 +714,7 @@ def inspect(
                 ],
             )
         if sm["series"]:
-            typer.echo(" series:")
+            _say(" series:")
             _table(
                 ["name", "count", "unit", "time range (h)", "censored"],
                 [
@@ -685,11 +724,11 @@ def inspect(
             )
         d = sm["doses"]
         if d["count"]:
-            typer.echo(
+            _say(
                 f" doses: {d['count']} ({', '.join(d['drugs']) or 'drug not named'}), {_range(d['time_range_h'])} h"
             )
     if cohort.skipped:
-        typer.echo(f"\nskipped at ingestion: {len(cohort.skipped)} (twinrx inspect --json lists them)")
+        _say(f"\nskipped at ingestion: {len(cohort.skipped)} (twinrx inspect --json lists them)")
 
 
 def _fmt(v) -> str:
@@ -719,9 +758,9 @@ def models_list():
             kind, source = "pk (closed form, built-in)", "twinrx"
         rows.append((m.name, kind, _clip(f"{m.n_state}: {', '.join(m.compartments)}", 56), source))
     w = [max(len(r[i]) for r in rows) for i in range(3)]
-    typer.echo(f"{'name':{w[0]}}  {'kind':{w[1]}}  {'compartments':{w[2]}}  source")
+    _say(f"{'name':{w[0]}}  {'kind':{w[1]}}  {'compartments':{w[2]}}  source")
     for r in rows:
-        typer.echo(f"{r[0]:{w[0]}}  {r[1]:{w[1]}}  {r[2]:{w[2]}}  {r[3]}")
+        _say(f"{r[0]:{w[0]}}  {r[1]:{w[1]}}  {r[2]:{w[2]}}  {r[3]}")
 
 
 def _clip(text: str, n: int) -> str:
@@ -752,18 +791,18 @@ def models_show(name: str = typer.Argument(..., help="Library model name or path
 
     m = get_model(name)
     if not isinstance(m, CardModel):
-        typer.echo(f"{m.name}: built-in closed-form model; compartments {', '.join(m.compartments)}")
+        _say(f"{m.name}: built-in closed-form model; compartments {', '.join(m.compartments)}")
         for p in m.parameters:
-            typer.echo(f"  {p.name:8} {p.value:>10g} {p.unit:10} {p.description}")
+            _say(f"  {p.name:8} {p.value:>10g} {p.unit:10} {p.description}")
         return
     c = m.card
-    typer.echo(f"{c.name} ({c.kind}; time in {c.time_unit}, amounts in {c.amount_unit})")
-    typer.echo(f"  {c.description}")
+    _say(f"{c.name} ({c.kind}; time in {c.time_unit}, amounts in {c.amount_unit})")
+    _say(f"  {c.description}")
     if c.path:
-        typer.echo(f"  card: {c.path}")
-    typer.echo("\nReferences:")
+        _say(f"  card: {c.path}")
+    _say("\nReferences:")
     for r in c.references:
-        typer.echo(f"  - {r}")
+        _say(f"  - {r}")
     iiv = dict(zip(c.variability.parameters, c.variability.matrix().diagonal()))
     rows = []
     for p in c.parameters:
@@ -773,10 +812,10 @@ def models_show(name: str = typer.Argument(..., help="Library model name or path
         else:
             var = "-"
         rows.append((p.name, f"{p.value:.6g}", p.unit, var, p.source))
-    typer.echo("\nParameters:")
+    _say("\nParameters:")
     _table(("name", "value", "unit", "variability", "source"), rows)
     if c.covariates:
-        typer.echo("\nCovariates:")
+        _say("\nCovariates:")
         crow = []
         for cov in c.covariates:
             ref = cov.levels[int(cov.reference)] if cov.categorical else f"{cov.reference:g}"
@@ -784,48 +823,120 @@ def models_show(name: str = typer.Argument(..., help="Library model name or path
             crow.append((cov.name, kind, ref, cov.interpolation, cov.description))
         _table(("name", "unit / levels", "reference", "interpolation", "description"), crow)
     if c.effects:
-        typer.echo("\nCovariate effects:")
+        _say("\nCovariate effects:")
         for e in c.effects:
             if e.form == "categorical":
                 cov = next(x for x in c.covariates if x.name == e.covariate)
                 vals = ", ".join(f"{lv} {v:g}" for lv, v in zip(cov.levels, e.values))
-                typer.echo(f"  {e.parameter} × {e.describe()}: {vals}")
+                _say(f"  {e.parameter} × {e.describe()}: {vals}")
             else:
-                typer.echo(f"  {e.parameter} × {e.describe()}")
-    typer.echo("\nCompartments (NONMEM CMT):")
+                _say(f"  {e.parameter} × {e.describe()}")
+    _say("\nCompartments (NONMEM CMT):")
     for i, (cm, unit) in enumerate(zip(c.compartments, c.compartment_units)):
         init = c.initial[i].text if c.initial[i] is not None else "0"
-        typer.echo(f"  {i + 1}  {cm:12} [{unit}]  initial {init}")
-    typer.echo("\nOutputs:")
+        _say(f"  {i + 1}  {cm:12} [{unit}]  initial {init}")
+    _say("\nOutputs:")
     for o, e, err in zip(c.outputs, c.output_exprs, c.errors):
-        typer.echo(f"  {o.name} = {e.text}  [{o.unit}]  error: {err.describe() if err else 'none'}")
+        _say(f"  {o.name} = {e.text}  [{o.unit}]  error: {err.describe() if err else 'none'}")
     if c.modifiers:
-        typer.echo("\nDosing:")
+        _say("\nDosing:")
         for kind, cm, _, e in c.modifiers:
-            typer.echo(f"  {kind} of {cm} = {e.text}")
+            _say(f"  {kind} of {cm} = {e.text}")
     solver = "closed form" + (" and ODE" if m.has_ode else "") if m.has_closed_form() else "ODE"
-    typer.echo(f"\nSolved by: {solver}")
+    _say(f"\nSolved by: {solver}")
+
+
+class _Output:
+    """How the command line talks: text (default); ``--quiet``: nothing on success (errors
+    still go to stderr, files are still written); ``--json``: one JSON document on stdout,
+    ``{"command", "exit_code", "output": [{"text": ...} | {"table": {"columns", "rows"}}],
+    ...}`` with the command's own fields (``written``, ``patients``, ...). Progress bars are
+    off in both."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self, *, json: bool = False, quiet: bool = False, command: str = ""):
+        self.json, self.quiet = json, quiet
+        self.doc: dict = {"command": command, "exit_code": 0, "output": []}
+
+    @property
+    def interactive(self) -> bool:
+        return not (self.json or self.quiet)
+
+
+_OUT = _Output()
+
+
+def _jsonable(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def _say(msg="") -> None:
+    if _OUT.json:
+        text = str(msg).strip("\n")
+        if text.strip():
+            _OUT.doc["output"].append({"text": text})
+    elif not _OUT.quiet:
+        typer.echo(msg)
+
+
+def _warn(msg: str) -> None:
+    if _OUT.json:
+        _OUT.doc.setdefault("warnings", []).append(msg)
+    elif not _OUT.quiet:
+        typer.echo(msg, err=True)
+
+
+def _fact(key: str, value) -> None:
+    """A field of the JSON document (``--json``); nothing in text mode."""
+    _OUT.doc[key] = value
 
 
 def _table(header, rows):
+    if _OUT.json:
+        _OUT.doc["output"].append(
+            {"table": {"columns": list(header), "rows": [[_jsonable(x) for x in r] for r in rows]}}
+        )
+        return
     w = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     w[-1] = 0
-    typer.echo("  " + "  ".join(f"{h:{n}}" for h, n in zip(header, w)).rstrip())
+    _say("  " + "  ".join(f"{h:{n}}" for h, n in zip(header, w)).rstrip())
     for r in rows:
-        typer.echo("  " + "  ".join(f"{str(x):{n}}" for x, n in zip(r, w)).rstrip())
+        _say("  " + "  ".join(f"{str(x):{n}}" for x, n in zip(r, w)).rstrip())
 
 
 def main(argv=None) -> int:
     """Entry point with exit codes 0 (ok), 1 (user error), 2 (internal error)."""
     from ._devices import use_cpu_cores
-    from .events import DataError
 
     try:  # a cohort runs on every core (only possible before JAX's first computation)
         use_cpu_cores()
     except RuntimeError:
         pass
+    args = list(sys.argv[1:] if argv is None else argv)
+    # --json and --quiet (-q) are accepted anywhere before a "--"
+    end = args.index("--") if "--" in args else len(args)
+    flags = {a for a in args[:end] if a in ("--json", "--quiet", "-q")}
+    args = [a for i, a in enumerate(args) if i >= end or a not in flags]
+    command = " ".join(a for a in args[:2] if not a.startswith("-"))
+    _OUT.reset(json="--json" in flags, quiet=bool(flags & {"--quiet", "-q"}), command=command)
+    rc = _run(args)
+    if _OUT.json:
+        _OUT.doc["exit_code"] = rc
+        typer.echo(json.dumps(_OUT.doc, indent=2, default=_jsonable))
+    return rc
+
+
+def _run(args) -> int:
+    from .events import DataError
+
     try:
-        rc = app(args=argv, standalone_mode=False)
+        rc = app(args=args, standalone_mode=False)
         # Without standalone mode click returns the code of a typer.Exit instead of raising.
         return rc if isinstance(rc, int) else 0
     except SystemExit as e:  # typer.Exit / --help
@@ -833,16 +944,19 @@ def main(argv=None) -> int:
     except typer.Exit as e:
         return int(e.exit_code)
     except (DataError, UserError, ValueError, FileNotFoundError) as e:
+        _OUT.doc["error"] = str(e)
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # click usage errors carry their own exit code
         import click
 
         if isinstance(e, click.exceptions.ClickException):
+            _OUT.doc["error"] = e.format_message()
             e.show()
             return 1
         if isinstance(e, click.exceptions.Abort):
             return 1
+        _OUT.doc["error"] = f"internal error: {type(e).__name__}: {e}"
         traceback.print_exc()
         print("internal error: please report it with the traceback above", file=sys.stderr)
         return 2
