@@ -166,17 +166,22 @@ def _exact_gaussian_posterior(pop, data, cond):
     )
 
 
+def _assert_map_is_the_exact_mode(m, cohort, ind, *, patients):
+    """An individual MAP fit's random effects equal scipy's minimum of the same posterior."""
+    assert np.all(ind.info["converged"])
+    d = FitData.from_cohort(m, cohort)
+    cond = {k: np.asarray(v) for k, v in ind.conditioned.items()}
+    for i in range(patients):
+        ref = _exact_gaussian_posterior(ind.pop, d.select([i]), cond)
+        z = [float(ind.samples[s][0, 0, i]) for s in ind.pop.patient_sites]
+        assert np.allclose(z, ref.x, atol=2e-4), (z, ref.x)
+
+
 def test_individual_map_matches_scipy_and_laplace_brackets_it():
     m, cohort, truth = _cohort(n=4)
     popfit = fit(m, cohort, method="map", error={"CP": "additive"})
     ind = fit(m, cohort, method="map", prior=popfit)
-    assert np.all(ind.info["converged"])
-    d = FitData.from_cohort(m, cohort)
-    cond = {k: np.asarray(v) for k, v in ind.conditioned.items()}
-    for i in range(2):
-        ref = _exact_gaussian_posterior(ind.pop, d.select([i]), cond)
-        z = [float(ind.samples[s][0, 0, i]) for s in ind.pop.patient_sites]
-        assert np.allclose(z, ref.x, atol=2e-4), (z, ref.x)
+    _assert_map_is_the_exact_mode(m, cohort, ind, patients=2)
     lap = fit(m, cohort, method="laplace", prior=popfit, draws=2000)
     cl = lap.samples["CL_i"][0]
     lo, hi = np.quantile(cl, [0.01, 0.99], axis=0)
@@ -380,13 +385,7 @@ def test_individual_fit_under_the_cards_population():
     assert float(prior.conditioned["sigma_CP_add"]) == err["additive"]
     assert float(prior.conditioned["sigma_CP_prop"]) == err["proportional"]
     ind = fit(m, cohort, method="map", prior=prior)
-    assert np.all(ind.info["converged"])
-    d = FitData.from_cohort(m, cohort)
-    cond = {k: np.asarray(v) for k, v in ind.conditioned.items()}
-    for i in range(2):
-        ref = _exact_gaussian_posterior(ind.pop, d.select([i]), cond)
-        z = [float(ind.samples[s][0, 0, i]) for s in ind.pop.patient_sites]
-        assert np.allclose(z, ref.x, atol=2e-4), (z, ref.x)
+    _assert_map_is_the_exact_mode(m, cohort, ind, patients=2)
     with pytest.raises(ValueError, match="values="):
         Fit.from_card(m, error={"CP": "additive"})
     assert (
