@@ -361,3 +361,174 @@ def test_matplotlib_is_imported_only_when_a_figure_is_made():
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ------------------------------------------------------------------------------ cohorts
+COHORT_SCENARIO = """
+[scenario]
+name = "cohort figure check"
+model = "one_cpt_oral"
+horizon = 48.0
+step = 1.0
+
+[[regimens]]
+name = "100 mg q12h"
+dose = 100
+cmt = "depot"
+every = 12
+
+[[regimens]]
+name = "150 mg q12h"
+dose = 150
+cmt = "depot"
+every = 12
+
+[[targets]]
+name = "trough day 2"
+output = "CP"
+metric = "trough"
+window = [36.0, 48.0]
+low = 0.4
+high = 2.0
+
+[[targets]]
+name = "AUC24 day 2"
+output = "CP"
+metric = "auc24"
+window = [24.0, 48.0]
+low = 30.0
+
+[population.covariates]
+SEX = { dist = "categorical", levels = ["F", "M"], probabilities = [0.4, 0.6] }
+WT  = { dist = "lognormal", median = 75, gcv = 0.2, unit = "kg" }
+"""
+FAILED = {0: [0, 3, 7], 1: [5]}  # arm: patients whose solve is marked failed
+
+
+@pytest.fixture(scope="module")
+def cohort_ds(tmp_path_factory):
+    from twinrx.scale import run_cohort
+
+    path = tmp_path_factory.mktemp("cohort") / "trial.zarr"
+    ds = run_cohort(
+        load_scenario(COHORT_SCENARIO),
+        120,
+        path,
+        seed=3,
+        chunk=40,
+        scheduler="synchronous",
+        progress=False,
+        trajectories=15,
+        subgroup="SEX",
+    ).load()
+    # failed solves as the engine flags them: a status code and NaN metrics
+    for a, pats in FAILED.items():
+        ds["status"].values[pats, a] = 2
+        ds["metric"].values[pats, a, :] = np.nan
+    return ds
+
+
+def _by_gid(fig, prefix):
+    out = {}
+    for ax in fig.axes:
+        for art in [*ax.patches, *ax.lines, *ax.collections]:
+            g = art.get_gid()
+            if g is not None and g.startswith(prefix):
+                out[g] = (ax, art)
+    return out
+
+
+def test_cohort_endpoints_bars_intervals_and_quantiles_match_numpy_and_scipy(cohort_ds, tmp_path):
+    from scipy.stats import binomtest
+
+    sc = load_scenario(COHORT_SCENARIO)
+    fig = plots.cohort_endpoints(cohort_ds, path=tmp_path / "endpoints.png")
+    with Image.open(tmp_path / "endpoints.png") as im:
+        assert im.format == "PNG" and im.size[0] > 1000
+    arms = [str(a) for a in cohort_ds["arm"].values]
+    status = cohort_ds["status"].values
+    metric = cohort_ds["metric"].values
+    codes = cohort_ds["SEX"].values
+    bars = _by_gid(fig, "pta|")
+    bars_by = _by_gid(fig, "pta_by|")
+    assert len(bars) == len(arms) * len(sc.targets) and len(bars_by) == 2 * len(bars)
+    for j, tg in enumerate(sc.targets):
+        ci = _by_gid(fig, f"pta_ci|{tg.name}")[f"pta_ci|{tg.name}"][1].get_segments()
+        q90 = _by_gid(fig, f"q90|{tg.name}")[f"q90|{tg.name}"][1].get_segments()
+        q50 = _by_gid(fig, f"q50|{tg.name}")[f"q50|{tg.name}"][1].get_segments()
+        ax_m, med = _by_gid(fig, f"median|{tg.name}")[f"median|{tg.name}"]
+        for a, arm in enumerate(arms):
+            ok = status[:, a] == 0
+            assert (~ok).sum() == len(FAILED[a])  # failed: in the denominator, not attained
+            m = metric[ok, a, j]
+            k = int(np.sum((m >= tg.low) & (m <= tg.high)))
+            n = len(ok)
+            ref = binomtest(k, n).proportion_ci(0.95, method="wilson")
+            assert bars[f"pta|{tg.name}|{arm}"][1].get_width() == pytest.approx(k / n, rel=1e-12)
+            (lo, _), (hi, _) = ci[a]
+            assert lo == pytest.approx(ref.low, rel=1e-9) and hi == pytest.approx(ref.high, rel=1e-9)
+            assert [q90[a][0][0], q90[a][1][0]] == pytest.approx(np.quantile(m, [0.05, 0.95]), rel=1e-12)
+            assert [q50[a][0][0], q50[a][1][0]] == pytest.approx(np.quantile(m, [0.25, 0.75]), rel=1e-12)
+            assert med.get_xdata()[a] == pytest.approx(np.median(m), rel=1e-12)
+            for lv, level in enumerate(("F", "M")):
+                sel = ok & (codes == lv)
+                mb = metric[sel, a, j]
+                kb, nb = int(np.sum((mb >= tg.low) & (mb <= tg.high))), int((codes == lv).sum())
+                bar = bars_by[f"pta_by|{tg.name}|{level}|{arm}"][1]
+                assert bar.get_width() == pytest.approx(kb / nb, rel=1e-12)
+                seg = _by_gid(fig, f"pta_by_ci|{tg.name}|{level}")[f"pta_by_ci|{tg.name}|{level}"][1]
+                rb = binomtest(kb, nb).proportion_ci(0.95, method="wilson")
+                (blo, _), (bhi, _) = seg.get_segments()[a]
+                assert blo == pytest.approx(rb.low, rel=1e-9) and bhi == pytest.approx(rb.high, rel=1e-9)
+        # units on the metric's axis, percent on the PTA axes; the target range shaded
+        unit = str(cohort_ds["target_units"].values[j])
+        assert ax_m.get_xlabel() == f"{tg.metric} ({unit})"
+        assert bars[f"pta|{tg.name}|{arms[0]}"][0].get_xlabel().startswith("PTA (%)")
+        span = _by_gid(fig, f"target|{tg.name}")[f"target|{tg.name}"][1]
+        xs = np.array([span.get_x(), span.get_x() + span.get_width()])  # a Rectangle in data x
+        lo_edge = tg.low if np.isfinite(tg.low) else ax_m.get_xlim()[0]
+        hi_edge = tg.high if np.isfinite(tg.high) else ax_m.get_xlim()[1]
+        assert [xs.min(), xs.max()] == pytest.approx([lo_edge, hi_edge])
+    assert {"trough day 2: target attainment", "AUC24 day 2: by SEX"} <= {ax.get_title() for ax in fig.axes}
+    assert "4 failed solves (not attained" in fig._suptitle.get_text()
+
+
+def test_wilson_interval_matches_scipy_including_the_edges():
+    from scipy.stats import binomtest
+
+    for k, n in ((0, 10), (10, 10), (3, 7), (250, 1000), (1, 1)):
+        lo, hi = plots.wilson_interval(k, n, level=0.9)
+        ref = binomtest(k, n).proportion_ci(0.9, method="wilson")
+        assert float(lo) == pytest.approx(ref.low, abs=1e-12) and float(hi) == pytest.approx(
+            ref.high, abs=1e-12
+        )
+    lo, hi = plots.wilson_interval(0, 0)
+    assert np.isnan(lo) and np.isnan(hi)
+
+
+def test_cohort_trajectories_median_per_arm_over_the_solved_patients(cohort_ds, tmp_path):
+    fig = plots.cohort_trajectories(cohort_ds, path=tmp_path / "traj.svg")
+    ET.parse(tmp_path / "traj.svg")
+    arms = [str(a) for a in cohort_ds["arm"].values]
+    K = cohort_ds.sizes["traj"]
+    traj = cohort_ds["trajectory"].values[:, :, 0, :]
+    t = cohort_ds["time"].values
+    for a, arm in enumerate(arms):
+        ax, line = _by_gid(fig, f"median|{arm}")[f"median|{arm}"]
+        keep = cohort_ds["status"].values[:K, a] == 0
+        assert keep.sum() == K - sum(p < K for p in FAILED[a])
+        x, y = line.get_xdata(), line.get_ydata()
+        fin = np.isfinite(x)
+        assert x[fin] == pytest.approx(t)
+        assert y[fin] == pytest.approx(np.median(traj[keep, a, :], axis=0), rel=1e-12)
+        assert f"({int(keep.sum())} patients)" in ax.get_title()
+    labels = {ax.get_ylabel() for ax in fig.axes} | {ax.get_xlabel() for ax in fig.axes}
+    assert "CP (mg/L)" in labels and "Time (h)" in labels
+    assert _by_gid(fig, "target|trough day 2")  # the concentration target, drawn as a box
+
+
+def test_cohort_figures_refuse_other_stores(cohort_ds):
+    with pytest.raises(ValueError, match="not a cohort store"):
+        plots.cohort_endpoints(cohort_ds.assign_attrs(twinrx_schema="x"))
+    with pytest.raises(ValueError, match="--trajectories"):
+        plots.cohort_trajectories(cohort_ds.drop_vars("trajectory"))

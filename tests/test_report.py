@@ -579,3 +579,226 @@ def _browser_check(report: Path, n_img: int, tmp_path: Path, shot: Path) -> None
 def test_chromium_loads_every_image_of_both_pages(fit_page, scenario_page, tmp_path):
     for (out, _, page), name in ((fit_page, "fit"), (scenario_page, "scenario")):
         _browser_check(out, len(page.imgs), tmp_path, tmp_path / f"report_{name}.png")
+
+
+# ------------------------------------------------------------------------------ cohort
+COHORT_SCENARIO = """
+[scenario]
+name = "cohort report check"
+description = "Two arms & a <subgroup>"
+model = "one_cpt_oral"
+horizon = 48.0
+step = 1.0
+
+[[regimens]]
+name = "100 mg q12h"
+dose = 100
+cmt = "depot"
+every = 12
+
+[[regimens]]
+name = "150 mg q12h"
+dose = 150
+cmt = "depot"
+every = 12
+
+[[targets]]
+name = "trough day 2"
+output = "CP"
+metric = "trough"
+window = [36.0, 48.0]
+low = 0.4
+high = 2.0
+
+[[targets]]
+name = "Cmax day 2"
+output = "CP"
+metric = "cmax"
+window = [24.0, 48.0]
+high = 3.0
+
+[population.covariates]
+SEX = { dist = "categorical", levels = ["F", "M"], probabilities = [0.4, 0.6] }
+WT  = { dist = "lognormal", median = 75, gcv = 0.2, unit = "kg" }
+"""
+COHORT_N, COHORT_CHUNK = 120, 40
+COHORT_FAILED = {0: [1, 4], 1: [9]}  # arm: patients (of chunk 0) whose solve is marked failed
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def cohort_stores(tmp_path_factory):
+    from twinrx.scale import run_cohort
+    from twinrx.store import read_variables, write_region
+
+    sc = load_scenario(COHORT_SCENARIO)
+    root = tmp_path_factory.mktemp("cohort")
+    full = root / "trial.zarr"
+    opts = dict(seed=5, chunk=COHORT_CHUNK, scheduler="synchronous", progress=False, subgroup="SEX")
+    run_cohort(sc, COHORT_N, full, trajectories=12, **opts)
+    # failed solves as the engine flags them (a status code, NaN metrics), written into chunk 0
+    v = read_variables(full, ["status", "metric"])
+    status, metric = v["status"][:COHORT_CHUNK].copy(), v["metric"][:COHORT_CHUNK].copy()
+    for a, pats in COHORT_FAILED.items():
+        status[pats, a], metric[pats, a, :] = 2, np.nan
+    rows = (slice(0, COHORT_CHUNK),)
+    write_region(full, {"status": (rows, status), "metric": (rows, metric)})
+    partial = root / "partial.zarr"
+
+    def stop(c):
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        run_cohort(sc, COHORT_N, partial, on_chunk=stop, **opts)
+    return full, partial
+
+
+@pytest.fixture(scope="module")
+def cohort_page(cohort_stores):
+    full, _ = cohort_stores
+    out = write_report(full, full.parent / "cohort.html")
+    text = out.read_text()
+    return out, text, Page(text)
+
+
+def _pct_interval(cell: str) -> tuple[float, float]:
+    lo, hi = cell.rstrip(" %").split(" - ")
+    return float(lo), float(hi)
+
+
+def _expected(ds, rows_done):
+    """Per arm and target, from the per-patient metrics read here: (n ok, n failed, median,
+    q05, q95, k attained, pta, Wilson interval by scipy), and per SEX level (k, n, interval)."""
+    from scipy.stats import binomtest
+
+    sc = load_scenario(COHORT_SCENARIO)
+    status = ds["status"].values[rows_done]
+    metric = ds["metric"].values[rows_done]
+    codes = ds["SEX"].values[rows_done]
+    out = {}
+    for a in range(ds.sizes["arm"]):
+        ok = status[:, a] == 0
+        for j, tg in enumerate(sc.targets):
+            m = metric[ok, a, j]
+            hit = (m >= tg.low) & (m <= tg.high)
+            k, n, n_all = int(hit.sum()), int(ok.sum()), len(ok)  # failed: not attained
+            ci = binomtest(k, n_all).proportion_ci(0.95, method="wilson")
+            by = []
+            for lv in range(2):
+                sel = ok & (codes == lv)
+                mb = metric[sel, a, j]
+                kb, nb = int(((mb >= tg.low) & (mb <= tg.high)).sum()), int((codes == lv).sum())
+                cb = binomtest(kb, nb).proportion_ci(0.95, method="wilson")
+                by.append((kb, nb, cb.low, cb.high))
+            q = np.quantile(m, [0.05, 0.5, 0.95])
+            out[a, j] = (n, int((~ok).sum()), q[1], q[0], q[2], k / n_all, ci.low, ci.high, by)
+    return out
+
+
+def _check_endpoint_tables(page, ds, rows_done):
+    exp = _expected(ds, rows_done)
+    arms = [str(a) for a in ds["arm"].values]
+    for j in range(ds.sizes["target"]):
+        unit = str(ds["target_units"].values[j])
+        assert page.header(f"target-{j}") == [
+            "arm",
+            "n ok",
+            "n failed",
+            f"median ({unit})",
+            f"90% interval ({unit})",
+            "PTA",
+            "PTA 95% interval",
+        ]
+        assert page.header(f"target-{j}-by") == ["arm", "SEX = F", "SEX = M"]
+        rows, by = page.rows(f"target-{j}"), page.rows(f"target-{j}-by")
+        assert list(rows) == arms == list(by)
+        for a, arm in enumerate(arms):
+            n, nf, med, q05, q95, pta, lo, hi, levels = exp[a, j]
+            r = rows[arm]
+            assert int(_num(r[1][0])) == n and int(_num(r[2][0])) == nf
+            assert ("flag" in r[2][1]) == (nf > 0)
+            assert _num(r[3][0]) == pytest.approx(med, rel=6e-4)
+            assert _interval(r[4][0]) == pytest.approx((q05, q95), rel=6e-4)
+            assert float(r[5][0].rstrip(" %")) == pytest.approx(100 * pta, abs=0.05)
+            assert _pct_interval(r[6][0]) == pytest.approx((100 * lo, 100 * hi), abs=0.05)
+            for lv, (kb, nb, blo, bhi) in enumerate(levels):
+                found = re.fullmatch(r"([\d.]+) % \(([\d.]+) - ([\d.]+) %\) of (\d+)", by[arm][lv + 1][0])
+                assert found, by[arm][lv + 1][0]
+                p_, l_, h_, n_ = found.groups()
+                assert int(n_) == nb
+                assert float(p_) == pytest.approx(100 * kb / nb, abs=0.05)
+                assert (float(l_), float(h_)) == pytest.approx((100 * blo, 100 * bhi), abs=0.05)
+
+
+def test_cohort_page_tables_match_the_stored_per_patient_metrics(cohort_page, cohort_stores):
+    out, text, page = cohort_page
+    full, _ = cohort_stores
+    _check_common(text, page, full.parent.parent)
+    for sec in (
+        "endpoints",
+        "figures",
+        "scenario",
+        "provenance",
+        "fig-endpoints",
+        "fig-trajectories",
+        "failed",
+    ):
+        assert sec in page.ids, sec
+    assert "partial" not in page.ids
+    assert len(page.imgs) == 2
+    with xr.open_zarr(full, consolidated=False, chunks=None) as ds:
+        ds = ds.load()
+    assert page.h1 == "Cohort cohort report check"
+    words = " ".join("".join(page.text).split())
+    assert f"{COHORT_N} virtual patients x 2 arms" in words
+    assert "chunks done: 3 / 3" in words and "seed 5" in words
+    assert "Two arms & a <subgroup>" in words  # the description, escaped and read back
+    _check_endpoint_tables(page, ds, np.ones(COHORT_N, bool))
+    arms = page.rows("arms-table")
+    for a, pats in COHORT_FAILED.items():
+        assert int(_num(arms[str(ds["arm"].values[a])][3][0])) == len(pats)
+    assert "3 failed solves" in words
+    assert "target: 0.4 to 2 mg/L" in text and "target: at most 3 mg/L" in text
+    assert (
+        page.pres["scenario-source"] == load_scenario(COHORT_SCENARIO).source == ds.attrs["scenario_source"]
+    )
+    prov = page.rows("provenance-table")
+    for k in (
+        "seed",
+        "n_patients",
+        "chunk",
+        "scenario_hash",
+        "model_card_hash",
+        "device",
+        "created",
+        "twinrx_schema",
+    ):
+        assert prov[k][1][0] == str(ds.attrs[k]), k
+    assert "scenario_source" not in prov
+
+
+def test_partly_finished_cohort_store_says_so_and_shows_its_finished_chunk(cohort_stores, tmp_path):
+    _, partial = cohort_stores
+    text = write_report(partial, tmp_path / "partial.html").read_text()
+    page = Page(text)
+    _check_common(text, page, partial.parent.parent)
+    assert "partial" in page.ids
+    words = " ".join("".join(page.text).split())
+    assert "chunks done: 1 / 3" in words
+    assert f"1 of 3 chunks are done ({COHORT_CHUNK} of {COHORT_N} patients)" in words
+    assert "--resume" in words
+    with xr.open_zarr(partial, consolidated=False, chunks=None) as ds:
+        ds = ds.load()
+    assert ds["done"].values.tolist() == [1, 0, 0]
+    done = np.arange(COHORT_N) < COHORT_CHUNK
+    _check_endpoint_tables(page, ds, done)
+    assert all(int(_num(r[1][0])) == COHORT_CHUNK for r in page.rows("target-0").values())
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_chromium_loads_every_image_of_the_cohort_page(cohort_page, tmp_path):
+    out, _, page = cohort_page
+    _browser_check(out, len(page.imgs), tmp_path, tmp_path / "report_cohort.png")

@@ -488,7 +488,7 @@ def scenario_run(
             )
         _table(["regimen", "median", "90% interval", "PTA", "rank"], rows)
     if ds.attrs["failed_draws"]:
-        _say(f"warning: {ds.attrs['failed_draws']} simulations failed (NaN metrics, excluded from the PTA)")
+        _say(f"warning: {ds.attrs['failed_draws']} simulations failed (NaN metrics, counted as not attained)")
     if out is not None:
         from .store import write_store
 

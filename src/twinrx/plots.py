@@ -41,7 +41,17 @@ if TYPE_CHECKING:
 
     from .infer.fit import Fit
 
-__all__ = ["individual_fit", "goodness_of_fit", "vpc", "scenario_comparison", "pair_plot"]
+__all__ = [
+    "individual_fit",
+    "goodness_of_fit",
+    "vpc",
+    "scenario_comparison",
+    "pair_plot",
+    "cohort_summary",
+    "cohort_endpoints",
+    "cohort_trajectories",
+    "wilson_interval",
+]
 
 DPI = 150
 #: Draws used for the individual predictions of goodness_of_fit (evenly spaced over the
@@ -876,4 +886,447 @@ def pair_plot(
                 ax.set_ylim(*lims[r])
     who = f"patient {fit.data.ids[j]}" if j is not None else "population"
     fig.suptitle(f"Posterior of {fit.model.name}, {who} ({fit.method}, {S} draws)", fontsize="medium")
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------ cohorts
+#: Coverage of the PTA intervals of the cohort figures and report (Wilson score interval).
+PTA_LEVEL = 0.95
+_COHORT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def wilson_interval(k, n, *, level: float = PTA_LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a binomial proportion ``k / n`` (elementwise; NaN where
+    ``n == 0``): the interval of the cohort PTAs. Wilson (J Am Stat Assoc 1927;22:209);
+    it keeps its coverage near ``level`` for proportions near 0 or 1, unlike the Wald
+    interval (Brown, Cai & DasGupta, Stat Sci 2001;16:101)."""
+    from statistics import NormalDist
+
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), not {level!r}")
+    k, n = np.asarray(k, float), np.asarray(n, float)
+    z = NormalDist().inv_cdf(0.5 + level / 2.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k / n
+        den = 1.0 + z * z / n
+        mid = (p + z * z / (2.0 * n)) / den
+        half = z / den * np.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n))
+    bad = ~(n > 0)
+    return np.where(bad, np.nan, np.clip(mid - half, 0.0, 1.0)), np.where(
+        bad, np.nan, np.clip(mid + half, 0.0, 1.0)
+    )
+
+
+def _cohort_dataset(source) -> xr.Dataset:
+    """A cohort store (path, opened lazily) or an already opened one, schema checked."""
+    import xarray as xr
+
+    if isinstance(source, xr.DataTree):
+        source = source.to_dataset()
+    if not isinstance(source, xr.Dataset):
+        from .store import open_store
+
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"no cohort store {path.name!r}; write one with `twinrx cohort run`")
+        source = open_store(path)
+    from .store import COHORT_SCHEMA
+
+    if source.attrs.get("twinrx_schema") != COHORT_SCHEMA:
+        raise ValueError(
+            f"not a cohort store (schema {source.attrs.get('twinrx_schema')!r}, expected "
+            f"{COHORT_SCHEMA!r}): give a store written by `twinrx cohort run --out STORE.zarr`"
+        )
+    return source
+
+
+def _done_rows(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The ``done`` flag per chunk and, per patient, whether its chunk is done."""
+    done = np.asarray(ds["done"].values).astype(bool)
+    n = int(ds.sizes["patient"])
+    chunk = int(ds.attrs.get("chunk", math.ceil(n / max(done.size, 1))))
+    return done, done[np.arange(n) // chunk]
+
+
+def _cohort_scenario(ds: xr.Dataset):
+    """The store's scenario (from its text), or None when the store does not carry it."""
+    from .scenarios import load_scenario
+
+    src = ds.attrs.get("scenario_source")
+    return load_scenario(str(src)) if src else None
+
+
+def _target_window(tg) -> tuple[float, float]:
+    """A target's range on its metric's scale (a fraction for time in range)."""
+    if tg.metric == "time_in_range":
+        return float(tg.min_fraction), float(tg.max_fraction)
+    return float(tg.low), float(tg.high)
+
+
+def cohort_summary(source: str | Path | xr.Dataset, *, level: float = PTA_LEVEL) -> xr.Dataset:
+    """Endpoints of a cohort store (``twinrx cohort run``) from its finished chunks only (a
+    partly finished store gives the endpoints of what is done).
+
+    Per arm: ``n`` (patients of the finished chunks), ``n_ok`` (with ``status == 0``) and
+    ``n_failed``. Per arm and target: ``n_attained`` (from the stored metrics and the
+    targets' ranges in the store's scenario text; else the store's partial sums),
+    ``pta = n_attained / n`` — a failed solve counts as not attained, as in the store's own
+    ``pta`` and in :func:`twinrx.scenarios.compare` — with its Wilson interval ``pta_low``,
+    ``pta_high`` (coverage ``level``), and the metric's ``q05``, ``q25``, ``median``,
+    ``q75``, ``q95`` over the successful solves (numpy's linear quantiles). With a
+    subgroup: the same PTA per level (``n_by``, ``n_attained_by``, ``pta_by``,
+    ``pta_by_low``, ``pta_by_high``). The targets' ranges are in the coordinates
+    ``target_low`` and ``target_high`` (NaN when the store carries no scenario text).
+    """
+    import xarray as xr
+
+    ds = _cohort_dataset(source)
+    done, rows = _done_rows(ds)
+    arms = [str(a) for a in ds["arm"].values]
+    targets = [str(t) for t in ds["target"].values]
+    A, M = len(arms), len(targets)
+    status = np.asarray(ds["status"].values)[rows]
+    metric = np.asarray(ds["metric"].values, float)[rows]
+    ok = status == 0
+    n_ok = ok.sum(axis=0).astype(np.int64)
+    n_failed = (~ok).sum(axis=0).astype(np.int64)
+    sc = _cohort_scenario(ds)
+    hit = None
+    if sc is not None:  # attained, per patient, from the stored metrics and the targets' ranges
+        hit = np.zeros(metric.shape, bool)
+        for j, t in enumerate(targets):
+            m = metric[:, :, j]
+            with np.errstate(invalid="ignore"):
+                hit[:, :, j] = np.asarray(sc.target(t).attained(m)) & np.isfinite(m)
+        hit &= ok[:, :, None]
+        att = hit.sum(axis=0).astype(np.int64)
+    else:  # the store's partial sums (they count the same patients)
+        att = np.asarray(ds["part_attained"].values)[done].sum(axis=0).astype(np.int64)
+    q = np.full((len(_COHORT_QUANTILES), A, M), np.nan)
+    for a in range(A):
+        for j in range(M):
+            v = metric[ok[:, a], a, j]
+            v = v[np.isfinite(v)]
+            if v.size:
+                q[:, a, j] = np.quantile(v, _COHORT_QUANTILES)
+    n_all = np.full(A, int(rows.sum()), np.int64)
+    lo, hi = wilson_interval(att, n_all[:, None], level=level)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pta = np.where(n_all[:, None] > 0, att / np.maximum(n_all, 1)[:, None], np.nan)
+    windows = [_target_window(sc.target(t)) if sc is not None else (np.nan, np.nan) for t in targets]
+    units = [str(u) for u in ds["target_units"].values] if "target_units" in ds.coords else [""] * M
+    metrics = [str(u) for u in ds["target_metric"].values] if "target_metric" in ds.coords else [""] * M
+    at = ("arm", "target")
+    data = {
+        "n": ("arm", n_all),
+        "n_ok": ("arm", n_ok),
+        "n_failed": ("arm", n_failed),
+        "n_attained": (at, att),
+        "pta": (at, pta, {"units": "1"}),
+        "pta_low": (at, lo, {"units": "1"}),
+        "pta_high": (at, hi, {"units": "1"}),
+        "q05": (at, q[0]),
+        "q25": (at, q[1]),
+        "median": (at, q[2]),
+        "q75": (at, q[3]),
+        "q95": (at, q[4]),
+    }
+    coords: dict[str, Any] = {
+        "arm": arms,
+        "target": targets,
+        "target_units": ("target", units),
+        "target_metric": ("target", metrics),
+        "target_low": ("target", [w[0] for w in windows]),
+        "target_high": ("target", [w[1] for w in windows]),
+    }
+    attrs = {
+        "scenario": str(ds.attrs.get("scenario", sc.name if sc is not None else "")),
+        "n_patients": int(ds.sizes["patient"]),
+        "n_done": int(rows.sum()),
+        "chunks_done": int(done.sum()),
+        "n_chunks": int(done.size),
+        "level": float(level),
+        "subgroup": "",
+    }
+    if "part_attained_by" in ds and "level" in ds.coords:
+        name = str(ds.attrs.get("subgroup", "")) or "subgroup"
+        levels = [str(x) for x in ds["level"].values]
+        by = np.asarray(ds["part_attained_by"].values)[done].sum(axis=0).astype(np.int64)
+        if name in ds and ds[name].dims == ("patient",):
+            codes = np.asarray(ds[name].values)[rows].astype(np.int64)
+            n_lv = np.array([(codes == lv).sum() for lv in range(len(levels))], np.int64)
+            if hit is not None:
+                by = np.stack([hit[codes == lv].sum(axis=0) for lv in range(len(levels))]).astype(np.int64)
+        else:
+            n_lv = np.asarray(ds["part_n_by"].values)[done].sum(axis=0).astype(np.int64)
+        n_by = np.broadcast_to(n_lv[:, None], (len(levels), A)).copy()
+        blo, bhi = wilson_interval(by, n_by[:, :, None], level=level)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pby = np.where(n_by[:, :, None] > 0, by / np.maximum(n_by, 1)[:, :, None], np.nan)
+        lat = ("level", "arm", "target")
+        data.update(
+            n_by=(("level", "arm"), n_by.astype(np.int64)),
+            n_attained_by=(lat, by),
+            pta_by=(lat, pby, {"units": "1"}),
+            pta_by_low=(lat, blo, {"units": "1"}),
+            pta_by_high=(lat, bhi, {"units": "1"}),
+        )
+        coords["level"] = levels
+        attrs["subgroup"] = name
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def _cohort_title(sm: xr.Dataset) -> str:
+    A = sm.sizes["arm"]
+    part = (
+        f", partial: {sm.attrs['chunks_done']} of {sm.attrs['n_chunks']} chunks done"
+        if sm.attrs["chunks_done"] < sm.attrs["n_chunks"]
+        else ""
+    )
+    return f"Cohort {sm.attrs['scenario']}: {sm.attrs['n_done']} virtual patients x {A} arms{part}"
+
+
+def _pta_bars(ax, y, pta, lo, hi, *, gid: str, color, height: float, label: str | None = None):
+    """Horizontal PTA bars with their interval as error bars (NaN bars drawn empty)."""
+    w = np.nan_to_num(pta, nan=0.0)
+    bars = ax.barh(y, w, height=height, color=color, alpha=0.85, label=label)
+    for bar, key in zip(bars, gid.split("\n")):
+        bar.set_gid(key)
+    keep = np.isfinite(pta)
+    err = np.stack([pta - lo, hi - pta])[:, keep]
+    eb = ax.errorbar(pta[keep], y[keep], xerr=err, fmt="none", ecolor="0.15", elinewidth=1.1, capsize=2.5)
+    return bars, eb
+
+
+def cohort_endpoints(source: str | Path | xr.Dataset, *, path: str | Path | None = None) -> Figure:
+    """Endpoints of a cohort store (``twinrx cohort run``), one row per target.
+
+    Left: the probability of target attainment per arm over all patients (a failed solve
+    counts as not attained), with its 95 % Wilson interval (:func:`cohort_summary`),
+    labelled in percent. Middle: the distribution of the target's metric per arm over the
+    patients whose solve succeeded: median
+    (dot), 50 % (thick bar) and 90 % (thin bar) intervals, with the target's range shaded
+    (a logarithmic axis when the 90 % intervals span more than a factor 30). Right, when the
+    store has a subgroup: the PTA per level of the subgroup per arm, with its interval.
+    A partly finished store shows its finished chunks, and says so in the title.
+
+    ``source``: the store's path, or the store opened (:func:`twinrx.store.open_store`).
+    The artists carry ids (``gid``) for checks: ``pta|target|arm``, ``pta_ci|target``,
+    ``q90|target``, ``q50|target``, ``median|target``, ``target|target``,
+    ``pta_by|target|level|arm`` and ``pta_by_ci|target|level``.
+    """
+    _check_path(path)
+    sm = cohort_summary(source)
+    arms = [str(a) for a in sm["arm"].values]
+    targets = [str(t) for t in sm["target"].values]
+    A, M = len(arms), len(targets)
+    sub = bool(sm.attrs["subgroup"])
+    ncols = 3 if sub else 2
+    row_h = max(2.4, 0.34 * A + 1.5)
+    fig, axes = _figure(M, ncols, size=(3.5 * ncols + 2.4, row_h * M + 0.6))
+    from matplotlib.ticker import PercentFormatter
+
+    y = np.arange(A, dtype=float)
+    pct = f"{100 * sm.attrs['level']:g} %"
+    for j, t in enumerate(targets):
+        unit = str(sm["target_units"].values[j])
+        # PTA
+        ax = axes[j, 0]
+        pta, lo, hi = (np.asarray(sm[v].values[:, j], float) for v in ("pta", "pta_low", "pta_high"))
+        _pta_bars(ax, y, pta, lo, hi, gid="\n".join(f"pta|{t}|{a}" for a in arms), color="C0", height=0.62)
+        ax.collections[-1].set_gid(f"pta_ci|{t}")
+        for i in range(A):
+            txt = f"{100 * pta[i]:.1f} %" if np.isfinite(pta[i]) else "no solve"
+            ax.text((hi[i] if np.isfinite(hi[i]) else 0.0) + 0.02, y[i], txt, va="center", fontsize="small")
+        ax.set_xlim(0.0, 1.32)
+        ax.set_xticks(np.linspace(0.0, 1.0, 5))
+        ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+        ax.set_yticks(y, arms, fontsize="small")
+        ax.set_ylim(A - 0.5, -0.5)
+        ax.set_ylabel("Arm")
+        ax.set_xlabel(f"PTA (%), {pct} interval")
+        ax.set_title(f"{t}: target attainment", fontsize="medium")
+        # the metric's distribution
+        ax = axes[j, 1]
+        q = {v: np.asarray(sm[v].values[:, j], float) for v in ("q05", "q25", "median", "q75", "q95")}
+        ax.hlines(y, q["q05"], q["q95"], color="C0", lw=1.4, gid=f"q90|{t}", label="90 % interval")
+        ax.hlines(y, q["q25"], q["q75"], color="C0", lw=7.0, gid=f"q50|{t}", label="50 % interval")
+        ax.plot(
+            q["median"], y, "o", ms=5.5, mfc="white", mec="k", ls="none", gid=f"median|{t}", label="median"
+        )
+        fin = np.concatenate([q["q05"], q["q95"]])
+        fin = fin[np.isfinite(fin)]
+        if fin.size and fin.min() > 0 and fin.max() / fin.min() > 30.0:
+            ax.set_xscale("log")
+        ax.set_ylim(A - 0.5, -0.5)
+        ax.set_yticks(y, [])
+        xlo, xhi = ax.get_xlim()
+        low, high = float(sm["target_low"].values[j]), float(sm["target_high"].values[j])
+        if np.isfinite(low) or np.isfinite(high):
+            ax.axvspan(
+                low if np.isfinite(low) else xlo,
+                high if np.isfinite(high) else xhi,
+                facecolor=(0.17, 0.63, 0.17, 0.15),
+                edgecolor="tab:green",
+                ls="--",
+                lw=1.0,
+                zorder=0,
+                gid=f"target|{t}",
+                label="target range",
+            )
+            ax.set_xlim(xlo, xhi)
+        metric = str(sm["target_metric"].values[j]) or "metric"
+        ax.set_xlabel(_label(metric, unit or "1"))
+        if ax.get_xscale() == "log":
+            from matplotlib.ticker import FuncFormatter, LogLocator
+
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_title(f"{t}: distribution over patients", fontsize="medium")
+        # by subgroup
+        if sub:
+            ax = axes[j, 2]
+            levels = [str(x) for x in sm["level"].values]
+            L = len(levels)
+            h = 0.8 / L
+            for k, lv in enumerate(levels):
+                yy = y + (k - (L - 1) / 2) * h
+                pb = np.asarray(sm["pta_by"].values[k, :, j], float)
+                lb = np.asarray(sm["pta_by_low"].values[k, :, j], float)
+                hb = np.asarray(sm["pta_by_high"].values[k, :, j], float)
+                n_lv = int(np.max(sm["n_by"].values[k])) if sm.sizes["arm"] else 0
+                _pta_bars(
+                    ax,
+                    yy,
+                    pb,
+                    lb,
+                    hb,
+                    gid="\n".join(f"pta_by|{t}|{lv}|{a}" for a in arms),
+                    color=f"C{k + 1}",
+                    height=h * 0.95,
+                    label=f"{sm.attrs['subgroup']} = {lv} (n = {n_lv})",
+                )
+                ax.collections[-1].set_gid(f"pta_by_ci|{t}|{lv}")
+            ax.set_xlim(0.0, 1.0)
+            ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+            ax.set_ylim(A - 0.5, -0.5)
+            ax.set_yticks(y, [])
+            ax.set_xlabel(f"PTA (%) by {sm.attrs['subgroup']}, {pct} interval")
+            ax.set_title(f"{t}: by {sm.attrs['subgroup']}", fontsize="medium")
+    # one legend for all panels, under them (inside a panel it would hide bars)
+    handles: dict[str, Any] = {}
+    for ax in axes[:, 1:].ravel():
+        for hd, lb in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lb, hd)
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center",
+        ncols=len(handles),
+        fontsize="small",
+        frameon=False,
+    )
+    failed = int(np.asarray(sm["n_failed"].values).sum())
+    note = f"; {failed} failed solves (not attained; not in the quantiles)" if failed else ""
+    fig.suptitle(_cohort_title(sm) + note, fontsize="medium")
+    return _save(fig, path)
+
+
+def cohort_trajectories(
+    source: str | Path | xr.Dataset, *, output: str | None = None, path: str | Path | None = None
+) -> Figure:
+    """The stored trajectories of a cohort store (``twinrx cohort run --trajectories K``):
+    one panel per arm with the median and 90 % band over time of ``output`` (default: the
+    first target's output) across the first ``K`` patients (those of finished chunks whose
+    solve succeeded under the arm), and the concentration targets of that output as shaded
+    boxes (window x range). The axes are shared, so the arms compare panel to panel.
+
+    Artists carry ids: ``median|arm``, ``band|arm`` and ``target|name``.
+    """
+    _check_path(path)
+    ds = _cohort_dataset(source)
+    if "trajectory" not in ds:
+        raise ValueError(
+            "the store holds no trajectories: run `twinrx cohort run` with --trajectories K to keep "
+            "the outputs of the first K patients"
+        )
+    outs = [str(o) for o in ds["output"].values]
+    sc = _cohort_scenario(ds)
+    if output is None:
+        output = sc.targets[0].output if sc is not None and sc.targets[0].output in outs else outs[0]
+    if output not in outs:
+        raise ValueError(f"output {output!r} is not stored; stored outputs: {', '.join(outs)}")
+    o = outs.index(output)
+    unit = str(ds["output_units"].values[o]) if "output_units" in ds.coords else "1"
+    t = np.asarray(ds["time"].values, float)
+    t_unit = str(ds["time"].attrs.get("units", "h"))
+    arms = [str(a) for a in ds["arm"].values]
+    A = len(arms)
+    _, rows = _done_rows(ds)
+    K = int(ds.sizes["traj"])
+    traj = np.asarray(ds["trajectory"].values[:, :, o, :], float)  # (traj, arm, time)
+    # the grid covers the targets' windows only: no line across a gap between two windows
+    dt = np.diff(t)
+    gaps = np.nonzero(dt > 4.0 * np.median(dt[dt > 0]))[0] if np.any(dt > 0) else np.array([], int)
+    if gaps.size:
+        t = np.insert(t, gaps + 1, np.nan)
+        traj = np.insert(traj, gaps + 1, np.nan, axis=2)
+    status = np.asarray(ds["status"].values[:K])
+    use = rows[:K, None] & (status == 0)
+    ncols = min(A, 4)
+    nrows = math.ceil(A / ncols)
+    fig, axes = _figure(nrows, ncols, size=(3.4 * ncols + 0.6, 2.9 * nrows + 0.6))
+    axes = axes.ravel()
+    for ax in axes[A:]:
+        ax.set_axis_off()
+    from matplotlib.patches import Rectangle
+
+    shown = []
+    for a, arm in enumerate(arms):
+        ax = axes[a]
+        c = traj[use[:, a], a, :]
+        shown.append(c.shape[0])
+        if c.shape[0]:
+            lo, med, hi = _nanquantile(c, [0.05, 0.5, 0.95])
+            ax.fill_between(t, lo, hi, color="C0", alpha=0.2, lw=0, gid=f"band|{arm}", label="90 % band")
+            ax.plot(t, med, color="C0", lw=1.5, gid=f"median|{arm}", label="median")
+        ax.set_title(f"{arm} ({c.shape[0]} patients)", fontsize="small")
+    ax0 = axes[0]
+    ylo = min(ax.get_ylim()[0] for ax in axes[:A])
+    yhi = max(ax.get_ylim()[1] for ax in axes[:A])
+    if not np.any(traj[np.isfinite(traj)] < 0.0):
+        ylo = 0.0  # a concentration: from zero
+    for a in range(A):
+        ax = axes[a]
+        if sc is not None:
+            for tg in sc.targets:
+                if tg.metric not in _CONC_METRICS or tg.metric == "time_in_range" or tg.output != output:
+                    continue
+                lo = tg.low if math.isfinite(tg.low) else ylo
+                hi = tg.high if math.isfinite(tg.high) else yhi
+                ax.add_patch(
+                    Rectangle(
+                        (tg.window[0], lo),
+                        tg.window[1] - tg.window[0],
+                        hi - lo,
+                        facecolor=(0.17, 0.63, 0.17, 0.15),
+                        edgecolor="tab:green",
+                        ls="--",
+                        lw=1.0,
+                        zorder=3,
+                        label=f"target: {tg.name}",
+                        gid=f"target|{tg.name}",
+                    )
+                )
+        ax.set_ylim(ylo, yhi)
+        ax.set_xlim(float(np.nanmin(t)), float(np.nanmax(t)))
+        if a % ncols == 0:
+            ax.set_ylabel(_label(output, unit))
+        if a + ncols >= A:
+            ax.set_xlabel(_label("Time", t_unit))
+    ax0.legend(fontsize="x-small", frameon=False, loc="upper left")
+    fig.suptitle(
+        f"Cohort {ds.attrs.get('scenario', '')}: {output}, median and 90 % band over the first {K} patients",
+        fontsize="medium",
+    )
     return _save(fig, path)

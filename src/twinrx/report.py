@@ -22,7 +22,15 @@ bands need the twin's draws: for the card's population they are drawn again exac
 ``twinrx scenario run`` drew them (the stored seed and number of draws); for a fitted twin,
 pass its store as ``twin=`` (without it only the attainment panel is drawn).
 
-Both end with the provenance table (versions, device, seed, hashes, times of writing).
+A **cohort store** (``twinrx cohort run --out STORE.zarr``, schema ``cohort/1``) gives: the
+scenario, the number of virtual patients, the arms, the seed and the chunks done out of the
+total (a partly finished store says so, and its endpoints are those of its finished chunks);
+per target the endpoint table (per arm: patients solved and failed, median and 90 % interval
+of the metric, the PTA over the solved patients with its 95 % Wilson interval, and the PTA
+per level of the subgroup); the :func:`twinrx.plots.cohort_endpoints` figure and, when the
+store keeps trajectories, :func:`twinrx.plots.cohort_trajectories`; and the scenario file.
+
+All end with the provenance table (versions, device, seed, hashes, times of writing).
 
 Examples
 --------
@@ -51,7 +59,7 @@ from . import plots
 from .infer.posterior import FIT_SCHEMA, from_datatree
 from .model.library import get_model
 from .scenarios import load_scenario, twin_draws
-from .store import read_fit
+from .store import COHORT_SCHEMA, read_fit
 
 __all__ = ["write_report", "store_kind", "RHAT_MAX", "ESS_MIN", "VPC_MIN_PATIENTS"]
 
@@ -84,6 +92,7 @@ caption { text-align: left; color: #4a5263; font-size: .88rem; padding: 0 0 4px;
 th, td { padding: 5px 12px; border-bottom: 1px solid #e3e6eb; text-align: left; vertical-align: top; }
 th { background: #eef1f6; font-weight: 600; }
 tbody tr:nth-child(even) td { background: #fafbfc; }
+table.names td:first-child { white-space: nowrap; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.flag, tbody tr:nth-child(even) td.flag { background: #fde4e1; color: #8a1c12; font-weight: 600; }
 .scroll { overflow-x: auto; }
@@ -142,8 +151,10 @@ def _num(v: Any, *, flag: str = "") -> _Cell:
     return _Cell(_fmt(v), num=True, flag=flag)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, id: str = "", caption: str = "") -> str:
-    ident = f' id="{_e(id)}"' if id else ""
+def _table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], *, id: str = "", caption: str = "", cls: str = ""
+) -> str:
+    ident = (f' id="{_e(id)}"' if id else "") + (f' class="{_e(cls)}"' if cls else "")
     out = [f'<div class="scroll"><table{ident}>']
     if caption:
         out.append(f"<caption>{_e(caption)}</caption>")
@@ -226,9 +237,11 @@ def _plain(v: Any) -> Any:
 
 # ------------------------------------------------------------------------------ the store
 def store_kind(attrs: Mapping[str, Any], variables: Sequence[str] = ()) -> str:
-    """``"fit"`` or ``"scenario"`` from a store's root attributes (and variables)."""
+    """``"fit"``, ``"scenario"`` or ``"cohort"`` from a store's root attributes (and variables)."""
     if attrs.get("schema") == FIT_SCHEMA:
         return "fit"
+    if attrs.get("twinrx_schema") == COHORT_SCHEMA:
+        return "cohort"
     if "scenario_source" in attrs and {"pta", "rank"} <= set(variables):
         return "scenario"
     if attrs.get("schema") == _PATIENTS_SCHEMA:
@@ -238,8 +251,9 @@ def store_kind(attrs: Mapping[str, Any], variables: Sequence[str] = ()) -> str:
         )
     raise ValueError(
         "not a fit (twinrx fit --out FIT.zarr, schema "
-        f"{FIT_SCHEMA!r}) nor a scenario result (twinrx scenario run --out RESULT.zarr, with "
-        f"'scenario_source', 'pta' and 'rank'); its attributes: {', '.join(sorted(attrs)) or 'none'}"
+        f"{FIT_SCHEMA!r}), a scenario result (twinrx scenario run --out RESULT.zarr, with "
+        f"'scenario_source', 'pta' and 'rank') nor a cohort store (twinrx cohort run --out "
+        f"STORE.zarr, schema {COHORT_SCHEMA!r}); its attributes: {', '.join(sorted(attrs)) or 'none'}"
     )
 
 
@@ -251,8 +265,12 @@ def _open(source) -> tuple[xr.DataTree, str]:
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(
-            f"no store {path.name!r}: give a FIT.zarr (twinrx fit) or a RESULT.zarr (twinrx scenario run)"
+            f"no store {path.name!r}: give a FIT.zarr (twinrx fit), a RESULT.zarr (twinrx scenario run) "
+            "or a cohort STORE.zarr (twinrx cohort run)"
         )
+    tree = xr.open_datatree(path, engine="zarr", consolidated=False)
+    if tree.attrs.get("twinrx_schema") == COHORT_SCHEMA:
+        return tree, path.name  # lazily: the page reads the few variables it shows
     return read_fit(path), path.name
 
 
@@ -275,8 +293,9 @@ def write_report(
     ----------
     source
         A fit store (``twinrx fit --out``), a scenario result store (``twinrx scenario run
-        --out``), or either already opened (a :class:`xarray.DataTree` / Dataset). The kind
-        is read from the store's attributes (:func:`store_kind`).
+        --out``), a cohort store (``twinrx cohort run --out``), or one already opened (a
+        :class:`xarray.DataTree` / Dataset). The kind is read from the store's attributes
+        (:func:`store_kind`). A cohort page needs none of the options below but ``title``.
     out
         The HTML file to write (its folder must exist).
     title
@@ -315,6 +334,8 @@ def write_report(
     kind = store_kind(tree.attrs, list(tree.ds.data_vars))
     if kind == "fit":
         page = _fit_page(tree, name, title=title, key=key, patients=patients, draws=draws, n_sim=n_sim)
+    elif kind == "cohort":
+        page = _cohort_page(tree.to_dataset(), name, title=title)
     else:
         page = _scenario_page(tree.to_dataset(), name, title=title, twin=twin, max_draws=max_draws)
     out.write_text(page, encoding="utf-8")
@@ -681,7 +702,7 @@ def _fit_figures(tree, key, patients, draws, n_sim) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ scenario
-def _target_text(tg, unit: str) -> str:
+def _target_text(tg, unit: str, time_unit: str = "h") -> str:
     u = f" {unit}" if unit and unit != "1" else ""
     lo, hi = math.isfinite(tg.low), math.isfinite(tg.high)
     rng = (
@@ -695,7 +716,10 @@ def _target_text(tg, unit: str) -> str:
         what = f"a fraction {_fmt(tg.min_fraction)} to {_fmt(tg.max_fraction)} of the window with {tg.output} {rng}"
     else:
         what = rng + u
-    return f"{tg.metric} of {tg.output} over [{_fmt(tg.window[0])}, {_fmt(tg.window[1])}) h; target: {what}"
+    return (
+        f"{tg.metric} of {tg.output} over [{_fmt(tg.window[0])}, {_fmt(tg.window[1])}) {time_unit}; "
+        f"target: {what}"
+    )
 
 
 def _twin_words(who: str) -> str:
@@ -738,13 +762,14 @@ def _scenario_page(ds: xr.Dataset, name: str, *, title, twin, max_draws) -> str:
                     _Cell(f"{_fmt(ds['q05'].values[k, i])} - {_fmt(ds['q95'].values[k, i])}", num=True),
                     _Cell(f"{100 * float(ds['pta'].values[k, i]):.1f} %", num=True),
                     _num(
-                        int(failed[i]), flag="failed simulations (excluded from the PTA)" if failed[i] else ""
+                        int(failed[i]),
+                        flag="failed simulations (counted as not attained)" if failed[i] else "",
                     ),
                 )
             )
         hdr = ["rank", "regimen", f"median ({unit})", f"90% interval ({unit})", "PTA", "failed draws"]
         parts.append(
-            f'<h3>{_e(t)}</h3><p class="note">{_e(_target_text(tg, unit))}</p>'
+            f'<h3>{_e(t)}</h3><p class="note">{_e(_target_text(tg, unit, model.time_unit))}</p>'
             + _table(hdr, rows, id=f"target-{k}")
         )
     body = [
@@ -802,6 +827,171 @@ def _scenario_page(ds: xr.Dataset, name: str, *, title, twin, max_draws) -> str:
     nav = [
         ("comparison", "Regimens"),
         ("figure", "Figure"),
+        ("scenario", "Scenario file"),
+        ("provenance", "Provenance"),
+    ]
+    return _page(title, meta, nav, body)
+
+
+# ------------------------------------------------------------------------------ cohort
+def _pct(p: float) -> str:
+    return f"{100 * p:.1f}" if math.isfinite(p) else "-"
+
+
+def _pta_cell(p: float, lo: float, hi: float, n: int) -> _Cell:
+    """A subgroup's PTA: percent, its interval and the patients it is over."""
+    if not math.isfinite(p):
+        return _Cell(f"- of {n}", num=True)
+    return _Cell(f"{_pct(p)} % ({_pct(lo)} - {_pct(hi)} %) of {n}", num=True)
+
+
+def _cohort_page(ds: xr.Dataset, name: str, *, title) -> str:
+    attrs = ds.attrs
+    sm = plots.cohort_summary(ds)
+    sc = load_scenario(str(attrs["scenario_source"])) if attrs.get("scenario_source") else None
+    scen = str(attrs.get("scenario", sc.name if sc is not None else "?"))
+    model_name = str(attrs.get("model", sc.model if sc is not None else "?"))
+    time_unit = get_model(sc.model).time_unit if sc is not None else "h"
+    arms = [str(a) for a in ds["arm"].values]
+    regimens = [str(r) for r in ds["regimen"].values] if "regimen" in ds.coords else arms
+    n_all, n_done = int(sm.attrs["n_patients"]), int(sm.attrs["n_done"])
+    c_done, c_all = int(sm.attrs["chunks_done"]), int(sm.attrs["n_chunks"])
+    sub = str(sm.attrs["subgroup"])
+    title = title or f"Cohort {scen}"
+    meta = [
+        f"{n_all} virtual patients x {len(arms)} arms of scenario <b>{_e(scen)}</b> (model "
+        f"<b>{_e(model_name)}</b>); store <code>{_e(name)}</code>.",
+        f"Written {_e(attrs.get('created', '?'))}; seed {_e(attrs.get('seed', '?'))}; "
+        f'chunks done: <b id="chunks-done">{c_done} / {c_all}</b> (chunks of {_e(attrs.get("chunk", "?"))} '
+        f"patients); scenario hash <code>{_e(attrs.get('scenario_hash', '-'))}</code>.",
+    ]
+    if sc is not None and sc.description:
+        meta.insert(0, _e(sc.description))
+    body: list[str] = []
+    if c_done < c_all:
+        body.append(
+            f'<div class="warn" id="partial"><b>Partly finished run:</b> {c_done} of {c_all} chunks are '
+            f"done ({n_done} of {n_all} patients). Every number and figure below is over the finished "
+            "chunks only; the store's own endpoints are not written yet. Continue it with "
+            f"<code>twinrx cohort run SCENARIO.toml --n {n_all} --chunk {_e(attrs.get('chunk', '?'))} "
+            f"--seed {_e(attrs.get('seed', '?'))} --out {_e(name)} --resume</code>.</div>"
+        )
+    failed = np.asarray(sm["n_failed"].values)
+    if failed.sum():
+        which = ", ".join(f"{a}: {int(f)}" for a, f in zip(arms, failed) if f)
+        body.append(
+            f'<div class="warn" id="failed">{int(failed.sum())} failed solves ({_e(which)}): those '
+            "patients count as not attained in that arm's PTA and are left out of its quantiles. "
+            "<code>status</code> holds each one's code; <code>twinrx.status_message(code)</code> "
+            "says what it means.</div>"
+        )
+    arm_rows = [
+        (a, r, _num(int(sm["n_ok"].values[i])), _num(int(failed[i])))
+        for i, (a, r) in enumerate(zip(arms, regimens))
+    ]
+    parts = [
+        _table(
+            ["arm", "regimen", "patients solved", "failed solves"], arm_rows, id="arms-table", cls="names"
+        ),
+        f'<p class="note">Paired design: every virtual patient goes through every arm with the same '
+        "covariates, parameters, adherence pattern and within-patient variability. The PTA is over "
+        "all patients (a failed solve counts as not attained), with its "
+        f"{100 * sm.attrs['level']:g} % Wilson score interval, per subgroup level over the "
+        "patients of that level; the median and the 90 % interval (5th-95th percentiles) of the "
+        "metric are over the patients whose solve succeeded.</p>",
+    ]
+    levels = [str(x) for x in sm["level"].values] if sub else []
+    for k, t in enumerate(str(x) for x in sm["target"].values):
+        unit = str(sm["target_units"].values[k])
+        rows, by_rows = [], []
+        for i, a in enumerate(arms):
+            v = {n: float(sm[n].values[i, k]) for n in ("median", "q05", "q95", "pta", "pta_low", "pta_high")}
+            row = [
+                a,
+                _num(int(sm["n_ok"].values[i])),
+                _num(
+                    int(failed[i]),
+                    flag="failed solves: not attained, not in the quantiles" if failed[i] else "",
+                ),
+                _num(v["median"]),
+                _Cell(f"{_fmt(v['q05'])} - {_fmt(v['q95'])}", num=True),
+                _Cell(f"{_pct(v['pta'])} %", num=True),
+                _Cell(f"{_pct(v['pta_low'])} - {_pct(v['pta_high'])} %", num=True),
+            ]
+            rows.append(row)
+            by_rows.append(
+                [a]
+                + [
+                    _pta_cell(
+                        float(sm["pta_by"].values[j, i, k]),
+                        float(sm["pta_by_low"].values[j, i, k]),
+                        float(sm["pta_by_high"].values[j, i, k]),
+                        int(sm["n_by"].values[j, i]),
+                    )
+                    for j in range(len(levels))
+                ]
+            )
+        hdr = [
+            "arm",
+            "n ok",
+            "n failed",
+            f"median ({unit})",
+            f"90% interval ({unit})",
+            "PTA",
+            f"PTA {100 * sm.attrs['level']:g}% interval",
+        ]
+        note = _target_text(sc.target(t), unit, time_unit) if sc is not None else f"units: {unit}"
+        parts.append(
+            f'<h3>{_e(t)}</h3><p class="note">{_e(note)}</p>'
+            + _table(hdr, rows, id=f"target-{k}", cls="names")
+        )
+        if levels:
+            parts.append(
+                _table(
+                    ["arm", *(f"{sub} = {lv}" for lv in levels)],
+                    by_rows,
+                    id=f"target-{k}-by",
+                    cls="names",
+                    caption=f"{t}: PTA by {sub} ({100 * sm.attrs['level']:g} % interval) of the patients of the level",
+                )
+            )
+    body.append(_section("endpoints", "Endpoints by target", *parts))
+    figs = [
+        _figure(
+            lambda: plots.cohort_endpoints(ds),
+            alt=f"cohort {scen}: target attainment and metric distributions per arm",
+            caption="Per target: PTA per arm with its 95 % Wilson interval; the metric's median, 50 % "
+            "and 90 % intervals per arm with the target range shaded"
+            + (f"; PTA per {sub} level" if sub else "")
+            + ".",
+            id="fig-endpoints",
+        )
+    ]
+    if "trajectory" in ds:
+        k = int(ds.sizes["traj"])
+        figs.append(
+            _figure(
+                lambda: plots.cohort_trajectories(ds),
+                alt=f"cohort {scen}: concentration bands per arm",
+                caption=f"Median and 90 % band over time per arm, over the first {k} patients "
+                "(those whose solve succeeded), on the targets' output grid, with the concentration "
+                "targets shaded.",
+                id="fig-trajectories",
+            )
+        )
+    body.append(_section("figures", "Figures", *figs))
+    if sc is not None:
+        scen_part = f'<pre id="scenario-source">{_e(attrs["scenario_source"])}</pre>'
+    else:
+        scen_part = (
+            f'<p class="note" id="scenario-source">The store does not carry the scenario file; its '
+            f"hash is <code>{_e(attrs.get('scenario_hash', '-'))}</code>.</p>"
+        )
+    body.append(_section("scenario", "Scenario file", scen_part))
+    body.append(_provenance(attrs))
+    nav = [
+        ("endpoints", "Endpoints"),
+        ("figures", "Figures"),
         ("scenario", "Scenario file"),
         ("provenance", "Provenance"),
     ]
