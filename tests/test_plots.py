@@ -504,6 +504,8 @@ def test_wilson_interval_matches_scipy_including_the_edges():
         )
     lo, hi = plots.wilson_interval(0, 0)
     assert np.isnan(lo) and np.isnan(hi)
+    # the interval holds the estimate exactly at the edges (error bars never negative)
+    assert plots.wilson_interval(0, 10)[0] == 0.0 and plots.wilson_interval(10, 10)[1] == 1.0
 
 
 def test_cohort_trajectories_median_per_arm_over_the_solved_patients(cohort_ds, tmp_path):

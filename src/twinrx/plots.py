@@ -912,9 +912,10 @@ def wilson_interval(k, n, *, level: float = PTA_LEVEL) -> tuple[np.ndarray, np.n
         mid = (p + z * z / (2.0 * n)) / den
         half = z / den * np.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n))
     bad = ~(n > 0)
-    return np.where(bad, np.nan, np.clip(mid - half, 0.0, 1.0)), np.where(
-        bad, np.nan, np.clip(mid + half, 0.0, 1.0)
-    )
+    # exactly 0 at k = 0 and 1 at k = n (the formula's rounding leaves ~1e-17 there)
+    lo = np.where(k <= 0, 0.0, np.clip(mid - half, 0.0, 1.0))
+    hi = np.where(k >= n, 1.0, np.clip(mid + half, 0.0, 1.0))
+    return np.where(bad, np.nan, lo), np.where(bad, np.nan, hi)
 
 
 def _cohort_dataset(source) -> xr.Dataset:
@@ -1093,7 +1094,8 @@ def _pta_bars(ax, y, pta, lo, hi, *, gid: str, color, height: float, label: str 
     for bar, key in zip(bars, gid.split("\n")):
         bar.set_gid(key)
     keep = np.isfinite(pta)
-    err = np.stack([pta - lo, hi - pta])[:, keep]
+    # Wilson's interval contains the estimate; at 0 or 1 rounding may put it a hair outside
+    err = np.maximum(np.stack([pta - lo, hi - pta])[:, keep], 0.0)
     eb = ax.errorbar(pta[keep], y[keep], xerr=err, fmt="none", ecolor="0.15", elinewidth=1.1, capsize=2.5)
     return bars, eb
 
