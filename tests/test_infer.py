@@ -81,6 +81,14 @@ def twinrx_key(seed=0):
 # ------------------------------------------------------------------ diagnostics vs arviz-stats
 
 
+def test_summary_of_a_single_draw_has_no_diagnostics():
+    from twinrx.infer.diagnostics import summarize
+
+    s = summarize({"a": np.full((1, 1), 2.0), "b": np.arange(3.0).reshape(1, 1, 3)})
+    assert float(s["a"]["median"]) == 2.0 and s["b"]["median"].tolist() == [0.0, 1.0, 2.0]
+    assert np.isnan(s["a"]["r_hat"]) and np.all(np.isnan(s["b"]["ess_bulk"]))
+
+
 def test_rhat_and_ess_agree_with_arviz_stats():
     array_stats = pytest.importorskip("arviz_stats.base").array_stats
     rng = np.random.default_rng(1)
@@ -378,7 +386,7 @@ def test_individual_fit_under_the_cards_population():
     card = tomllib.loads((Path(__file__).resolve().parents[1] / "models" / "one_cpt_oral.toml").read_text())
     prior = Fit.from_card(m)
     for p, spec in card["parameters"].items():
-        assert float(prior.conditioned[p]) == spec["value"]
+        assert dict(prior.pop.fixed)[p] == spec["value"]
     for p, spec in card["variability"].items():
         assert float(prior.conditioned[f"omega_{p}"]) == pytest.approx(math.sqrt(math.log1p(spec["cv"] ** 2)))
     err = card["outputs"]["CP"]["error"]
@@ -392,3 +400,43 @@ def test_individual_fit_under_the_cards_population():
         float(Fit.from_card(m, error={"CP": "additive"}, values={"sigma_CP": 0.2}).conditioned["sigma_CP"])
         == 0.2
     )
+
+
+def test_fit_data_converts_patient_hours_to_a_minutes_card():
+    """Patients' times are hours; a card in minutes (the glucose models) gets its times,
+    intervals and infusion rates converted: the simulated concentration at the observation
+    times equals the closed form written here in hours."""
+    from twinrx.model.card import from_text
+    from twinrx.solve import simulate_arrays
+
+    text = twinrx.get_model("one_cpt_iv").card.text
+    text = text.replace('time_unit = "h"', 'time_unit = "min"').replace('unit = "L/h"', 'unit = "L/min"')
+    assert 'time_unit = "min"' in text and 'unit = "L/min"' in text
+    m = from_text(text)
+    t_obs = np.array([0.5, 1.5, 3.0, 30.0])  # h
+    p = Patient(
+        "P1",
+        series={"CP": Series("CP", "mg/L", t_obs, np.ones(4), kind="response")},
+        # a 2-h infusion of 120 mg at 1 h, then 50 mg boluses every 12 h from 6 h (ADDL 1)
+        dosing=Dosing(
+            [1.0, 6.0], [120.0, 50.0], cmt=[1, 1], duration=[2.0, 0.0], ii=[0.0, 12.0], addl=[0, 1]
+        ),
+    )
+    d = FitData.from_cohort(m, Cohort((p,)))
+    np.testing.assert_allclose(np.asarray(d.times)[0], 60 * t_obs)
+    cl_min, v = 0.05, 20.0  # L/min, L
+    _, out, status = simulate_arrays(
+        m, {"CL": cl_min, "V": v}, d.select([0]).events, d.times[0], solver="closed_form"
+    )
+    assert int(np.asarray(status).max()) == 0
+    k = 60 * cl_min / v  # 1/h
+
+    def conc(t):
+        rate = 60.0  # mg/h over [1, 3)
+        on = np.clip(t - 1.0, 0.0, 2.0)
+        c = rate / (k * v) * (1 - np.exp(-k * on)) * np.exp(-k * np.clip(t - 3.0, 0.0, None))
+        for td in (6.0, 18.0):
+            c = c + np.where(t >= td, 50.0 / v * np.exp(-k * (t - td)), 0.0)
+        return c
+
+    np.testing.assert_allclose(np.asarray(out["CP"]).ravel(), conc(t_obs), rtol=1e-10)

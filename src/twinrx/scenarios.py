@@ -336,8 +336,12 @@ class Target:
                 f"{self.min_fraction} and {self.max_fraction}"
             )
 
-    def value(self, t, c):
-        """The metric of one trajectory ``c`` on the grid ``t`` (jnp; differentiable)."""
+    def value(self, t, c, width=None):
+        """The metric of one trajectory ``c`` on the grid ``t`` (jnp; differentiable).
+
+        ``width``: for ``time_in_range``, logistic edges of this width (concentration
+        units) instead of the indicator of the range, so that the fraction has a useful
+        derivative (what :func:`optimise` differentiates)."""
         a, b = self.window
         # [a, b): a dose at b (the window's end at the next dose) is not part of the window.
         inside = (t >= a - 1e-12) & (t <= b - _EPS + 1e-12)
@@ -352,7 +356,10 @@ class Target:
         if self.metric in ("trough", "value"):
             return c[jnp.argmin(jnp.abs(t - (b - _EPS if self.metric == "trough" else b)))]
         # time_in_range on the grid's intervals (as floats: bool + bool is a logical or)
-        ok = ((c >= self.low) & (c <= self.high)).astype(float)
+        if width is None:
+            ok = ((c >= self.low) & (c <= self.high)).astype(float)
+        else:
+            ok = _smooth_range(c, self.low, self.high, width)
         w = jnp.where(inside[1:] & inside[:-1], jnp.diff(t), 0.0)
         return jnp.sum(w * 0.5 * (ok[1:] + ok[:-1])) / (b - a)
 
@@ -1115,11 +1122,23 @@ def _middle(tg: Target) -> float | None:
 
 
 # ------------------------------------------------------------------------------ optimisation
-def _smooth_attainment(tg: Target, m, width):
-    """A differentiable stand-in for ``low <= m <= high`` (logistic edges of ``width``)."""
-    lo = jax.nn.sigmoid((m - tg.low) / width) if math.isfinite(tg.low) else 1.0
-    hi = jax.nn.sigmoid((tg.high - m) / width) if math.isfinite(tg.high) else 1.0
+def _smooth_range(x, low: float, high: float, width):
+    """A differentiable stand-in for ``low <= x <= high`` (logistic edges of ``width``)."""
+    lo = jax.nn.sigmoid((x - low) / width) if math.isfinite(low) else 1.0
+    hi = jax.nn.sigmoid((high - x) / width) if math.isfinite(high) else 1.0
     return lo * hi
+
+
+def _smooth_attainment(tg: Target, m, width):
+    """A differentiable stand-in for :meth:`Target.attained`: the metric's range with edges
+    of ``width``; for ``time_in_range`` the fraction's range with edges 5 % of it wide."""
+    if tg.metric == "time_in_range":
+        span = tg.max_fraction - tg.min_fraction
+        edge = 0.05 * span if span > 0 else 0.01
+        lo = tg.min_fraction if tg.min_fraction > 0 else -math.inf
+        hi = tg.max_fraction if tg.max_fraction < 1 else math.inf
+        return _smooth_range(m, lo, hi, edge)
+    return _smooth_range(m, tg.low, tg.high, width)
 
 
 def optimise(
@@ -1135,7 +1154,8 @@ def optimise(
 ) -> dict[str, Any]:
     """The dose scale of ``regimen`` (every dose multiplied by one factor) that maximises the
     probability of attaining ``target`` over the twin's ``draws`` (``objective="pta"``:
-    logistic edges 5 % of the range wide), or minimises the expected squared log distance
+    logistic edges 5 % of the range wide; for a time in range, the same edges on the
+    concentration range and on the fraction's), or minimises the expected squared log distance
     to the middle of the range (``"loss"``).
 
     The derivative of the objective with respect to the log dose scale comes from JAX
@@ -1153,6 +1173,11 @@ def optimise(
         raise ValueError(f"objective must be 'pta' or 'loss', not {objective!r}")
     if objective == "loss" and _middle(tg) is None:
         raise ValueError(f"objective 'loss' needs a target with both low and high ({tg.name!r} has not)")
+    if objective == "loss" and tg.metric == "time_in_range":
+        raise ValueError(
+            f"objective 'loss' (distance of the metric to the middle of its range) does not apply to "
+            f"a time in range ({tg.name!r}); use objective='pta'"
+        )
     if reg.rules:
         raise ValueError(
             f"regimen {reg.name!r} has feedback rules, which decide its doses per draw: its dose "
@@ -1237,6 +1262,7 @@ def _dose_objective(model, tg: Target, plan: _Plan, strings: tuple, infusions: b
         return _OBJECTIVES[sig]
     events, duration = plan.base, plan.duration
     base, own = jnp.asarray(plan.amt), jnp.asarray(plan.own)
+    tir = tg.metric == "time_in_range"
 
     @jax.jit
     def fn(log_scale, draws, taken, time, grid, pta, width, middle):
@@ -1248,7 +1274,9 @@ def _dose_objective(model, tg: Target, plan: _Plan, strings: tuple, infusions: b
                 model, {**draws, **dict(strings)}, e, grid, devices=1, superposition=True, infusions=infusions
             )
             m = jax.vmap(tg.value)(grid, out[tg.output])
-            smooth = -jnp.mean(_smooth_attainment(tg, m, width))
+            # time in range: a fraction with smoothed edges of the range, else the metric
+            ms = jax.vmap(lambda t, c: tg.value(t, c, width))(grid, out[tg.output]) if tir else m
+            smooth = -jnp.mean(_smooth_attainment(tg, ms, width))
             loss = jnp.mean(jnp.log(jnp.maximum(m, 1e-300) / middle) ** 2)
             return jnp.where(pta, smooth, loss), (m, status)
 

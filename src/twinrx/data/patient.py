@@ -26,6 +26,7 @@ import numpy as np
 import xarray as xr
 
 from ..events import DataError, EventTable
+from ..units import conversion
 
 __all__ = [
     "BELOW",
@@ -343,21 +344,33 @@ class Patient:
         v = self.phenotypes[key].diplotype
         return v if t is None else np.full(np.shape(t), v, dtype=object)
 
-    def event_table(self, n_cmt: int, *, routes: Mapping[str, int] | None = None, obs_times=None):
-        """An ``EventTable`` of this patient's doses plus observation records at ``obs_times``."""
+    def event_table(
+        self,
+        n_cmt: int,
+        *,
+        routes: Mapping[str, int] | None = None,
+        obs_times=None,
+        time_unit: str = "h",
+    ):
+        """An ``EventTable`` of this patient's doses plus observation records at ``obs_times``.
+
+        ``time_unit`` is the model's: the patient's times, intervals and durations (hours)
+        are converted to it, rates (per hour) inversely; ``obs_times`` are in it already."""
         d = self.dosing
         cmt = d.cmt_for(routes)
+        f = 1.0 if time_unit == "h" else conversion("h", time_unit)
         rate = np.where(d.duration > 0, d.amount / np.where(d.duration > 0, d.duration, 1.0), d.rate)
+        rate = np.where(rate > 0, rate / f, rate)  # -1 / -2: rate or duration from the model
         t_obs = _f64(() if obs_times is None else obs_times)
         n_obs = t_obs.size
         cols = (
-            np.concatenate([d.time, t_obs]),
+            np.concatenate([d.time * f, t_obs]),
             np.concatenate([d.evid, np.zeros(n_obs, np.int64)]),
             np.concatenate([d.amount, np.zeros(n_obs)]),
             np.concatenate([cmt, np.ones(n_obs, np.int64)]),
             np.concatenate([rate, np.zeros(n_obs)]),
             np.concatenate([d.ss, np.zeros(n_obs, np.int64)]),
-            np.concatenate([d.ii, np.zeros(n_obs)]),
+            np.concatenate([d.ii * f, np.zeros(n_obs)]),
             np.concatenate([d.addl, np.zeros(n_obs, np.int64)]),
         )
         order = np.argsort(cols[0], kind="stable")

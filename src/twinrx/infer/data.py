@@ -118,6 +118,9 @@ class FitData(eqx.Module):
                 f"it has {', '.join(model.output_names)}"
             )
         out_unit = {o.name: o.unit for o in model.outputs}
+        # patients' times are hours; the model's may be minutes (glucose models) or days
+        time_unit = getattr(model, "time_unit", "h")
+        tf = 1.0 if time_unit == "h" else conversion("h", time_unit)
         names = [o for o in model.output_names if o in mapping or o in fitted]
         problems: list[Problem] = []
         per_patient = []
@@ -141,7 +144,7 @@ class FitData(eqx.Module):
                         )
                     )
                     continue
-                series[o] = (s.time, s.value * f, s.censored, s.lloq * f)
+                series[o] = (s.time * tf, s.value * f, s.censored, s.lloq * f)
             per_patient.append(series)
         used = sorted({o for s in per_patient for o in s})
         if not used:
@@ -160,7 +163,7 @@ class FitData(eqx.Module):
         given = dict(covariates or {})
         for p, t in zip(patients, times):
             try:
-                et = p.event_table(model.n_state, routes=routes, obs_times=t)
+                et = p.event_table(model.n_state, routes=routes, obs_times=t, time_unit=time_unit)
             except DataError as e:
                 problems += e.problems or [
                     Problem(p.id, None, "CMT", str(e), "give the dose a compartment or a route")
@@ -174,7 +177,7 @@ class FitData(eqx.Module):
                     v = p.covariate(c.name, t=None)
                     tv = c.name in p.series or (p._resolve(c.name) in p.series)
                     if tv:
-                        v = p.covariate(c.name, t=rec_t)
+                        v = p.covariate(c.name, t=rec_t / tf)
                 except KeyError:
                     if c.name not in given:
                         problems.append(

@@ -72,7 +72,7 @@ def ess_tail(x) -> np.ndarray:
 
 def _split(x: np.ndarray) -> np.ndarray:
     n = x.shape[1] // 2
-    return np.concatenate([x[:, :n], x[:, -n:]], axis=0)
+    return np.concatenate([x[:, :n], x[:, x.shape[1] - n :]], axis=0)  # n = 0: both empty
 
 
 def summarize(samples: Mapping[str, np.ndarray], names=None) -> dict[str, dict[str, np.ndarray]]:

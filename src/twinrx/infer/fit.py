@@ -75,11 +75,12 @@ class Fit:
         """A model card's population as a fit: the ``prior`` of an individual fit (the twin
         of one patient when no population fit of one's own data exists).
 
-        Its population values are the card's typical values, the standard deviations and
-        correlations of its variability block, and its residual errors; ``values``
-        overrides any of them by site name (``CL``, ``omega_CL``, ``sigma_CP``,
-        ``sigma_CP_add``/``sigma_CP_prop`` for a combined error). ``error`` picks another
-        residual-error kind per output; its magnitude must then be in ``values``.
+        Its population values are the card's typical values (held as the population
+        model's ``fixed`` values), the standard deviations and correlations of its
+        variability block, and its residual errors; ``values`` overrides any of them by
+        name (``CL``, ``omega_CL``, ``sigma_CP``, ``sigma_CP_add``/``sigma_CP_prop`` for a
+        combined error). ``error`` picks another residual-error kind per output; its
+        magnitude must then be in ``values``.
 
         ``twinrx.infer.fit(model, cohort, prior=Fit.from_card(model))`` then estimates
         each patient's random effects under the card's population.
@@ -87,10 +88,13 @@ class Fit:
         from ..model.library import get_model
 
         model = get_model(model)
-        pop = PopulationModel.build(model, None, error=error)
+        typical = {p: float(v) for p, v in model.typical_params().items()}
+        # Typical values are held as the model's fixed values, not as conditioned sites: a
+        # card's value may sit on its bound (EMAX = 1 in [0, 1]), where a prior density is 0.
+        given = {k: float(v) for k, v in (values or {}).items()}
+        fixed = {p: given.pop(p, typical[p]) for p in model.parameter_names}
+        pop = PopulationModel.build(model, None, error=error, fixed=fixed)
         vals: dict[str, float] = {}
-        typical = model.typical_params()
-        vals.update({p: float(typical[p]) for p in pop.free})
         var = model.card.variability
         cov = var.matrix()
         sd = np.sqrt(np.diag(cov)) if cov.size else np.zeros(0)
@@ -102,7 +106,13 @@ class Fit:
                 vals[f"sigma_{o}_add"], vals[f"sigma_{o}_prop"] = e.additive, e.proportional
             elif e is not None and e.kind == spec.kind:
                 vals[f"sigma_{o}"] = e.proportional if spec.kind == "proportional" else e.additive
-        vals.update({k: float(v) for k, v in (values or {}).items()})
+        unknown = [k for k in given if k not in pop.population_sites]
+        if unknown:
+            raise ValueError(
+                f"values for {unknown}: not parameters or population sites of {model.name!r} "
+                f"({', '.join((*model.parameter_names, *pop.population_sites))})"
+            )
+        vals.update(given)
         missing = [s for s in pop.population_sites if s != "L_corr" and s not in vals]
         if missing:
             raise ValueError(
