@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SHARED ?= ../shared
 
-.PHONY: demo test conformance bench lint format clean
+.PHONY: demo test notebooks conformance bench lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ format: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -m "not fitting"
 	$(BIN)/python -m pytest -m fitting
+
+# The worked analyses (notebooks/*.py, jupytext percent format), each run as a script in a
+# fresh process; a table of run times; exit 1 if one fails or takes over 5 minutes.
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/run.py
 
 conformance: $(STAMP)
 	$(BIN)/python -m twinrx.testing.conformance --shared $(SHARED) --report conformance-report.json
