@@ -209,3 +209,14 @@ def test_json_and_quiet_output_and_the_report_command(tmp_path, capsys):
     page = html.read_text()
     assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page
     assert main(["report", str(out), "--out", str(tmp_path / "r.pdf")]) == 1
+
+
+def test_version_and_usage_errors(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"twinrx {version('twinrx')}"
+    # an unknown option is the user's error (exit 1 with click's message), not an internal one
+    assert main(["simulate", "--bogus"]) == 1
+    err = capsys.readouterr().err
+    assert "No such option: --bogus" in err and "internal error" not in err

@@ -39,6 +39,23 @@ cohort_app = typer.Typer(
 app.add_typer(cohort_app, name="cohort")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"twinrx {version('twinrx')}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+):
+    pass
+
+
 def _model_help() -> str:
     from .model.library import list_models
 
@@ -947,14 +964,12 @@ def _run(args) -> int:
         _OUT.doc["error"] = str(e)
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:  # usage errors (typer's own click) carry their own message
+        if isinstance(e, typer.Abort):
+            return 1
+        if isinstance(e, typer.TyperException) and hasattr(e, "show"):
             _OUT.doc["error"] = e.format_message()
             e.show()
-            return 1
-        if isinstance(e, click.exceptions.Abort):
             return 1
         _OUT.doc["error"] = f"internal error: {type(e).__name__}: {e}"
         traceback.print_exc()
