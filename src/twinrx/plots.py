@@ -661,6 +661,32 @@ def _subsample(draws: Mapping[str, Any], idx: np.ndarray, n: int) -> dict[str, A
     return out
 
 
+def _target_boxes(ax, targets, ylo: float, yhi: float, *, lw: float) -> None:
+    """Each concentration target as a shaded box over its window and range (an open side of
+    the range reaches the axis' limit)."""
+    from matplotlib.patches import Rectangle
+
+    for tg in targets:
+        if tg.metric not in _CONC_METRICS:
+            continue
+        lo = tg.low if math.isfinite(tg.low) else ylo
+        hi = tg.high if math.isfinite(tg.high) else yhi
+        ax.add_patch(
+            Rectangle(
+                (tg.window[0], lo),
+                tg.window[1] - tg.window[0],
+                hi - lo,
+                facecolor=(0.17, 0.63, 0.17, 0.15),
+                edgecolor="tab:green",
+                ls="--",
+                lw=lw,
+                zorder=3,
+                label=f"target: {tg.name}",
+                gid=f"target|{tg.name}",
+            )
+        )
+
+
 def scenario_comparison(
     result: xr.Dataset,
     scenario: Scenario,
@@ -724,27 +750,7 @@ def scenario_comparison(
         ax.set_xlim(0.0, scenario.horizon)
         _zero_floor(ax, *lows)
         ylo, yhi = ax.get_ylim()
-        from matplotlib.patches import Rectangle
-
-        for tg in scenario.targets:
-            if tg.metric not in _CONC_METRICS or tg.output != o:
-                continue
-            lo = tg.low if math.isfinite(tg.low) else ylo
-            hi = tg.high if math.isfinite(tg.high) else yhi
-            ax.add_patch(
-                Rectangle(
-                    (tg.window[0], lo),
-                    tg.window[1] - tg.window[0],
-                    hi - lo,
-                    facecolor=(0.17, 0.63, 0.17, 0.15),
-                    edgecolor="tab:green",
-                    ls="--",
-                    lw=1.4,
-                    zorder=3,
-                    label=f"target: {tg.name}",
-                    gid=f"target|{tg.name}",
-                )
-            )
+        _target_boxes(ax, [t for t in scenario.targets if t.output == o], ylo, yhi, lw=1.4)
         ax.set_ylim(ylo, yhi)
         ax.set_xlabel(_label("Time", _time_unit(model)))
         ax.set_ylabel(_label(o, _output_unit(model, o)))
@@ -1281,7 +1287,6 @@ def cohort_trajectories(
     axes = axes.ravel()
     for ax in axes[A:]:
         ax.set_axis_off()
-    from matplotlib.patches import Rectangle
 
     shown = []
     for a, arm in enumerate(arms):
@@ -1301,25 +1306,8 @@ def cohort_trajectories(
     for a in range(A):
         ax = axes[a]
         if sc is not None:
-            for tg in sc.targets:
-                if tg.metric not in _CONC_METRICS or tg.metric == "time_in_range" or tg.output != output:
-                    continue
-                lo = tg.low if math.isfinite(tg.low) else ylo
-                hi = tg.high if math.isfinite(tg.high) else yhi
-                ax.add_patch(
-                    Rectangle(
-                        (tg.window[0], lo),
-                        tg.window[1] - tg.window[0],
-                        hi - lo,
-                        facecolor=(0.17, 0.63, 0.17, 0.15),
-                        edgecolor="tab:green",
-                        ls="--",
-                        lw=1.0,
-                        zorder=3,
-                        label=f"target: {tg.name}",
-                        gid=f"target|{tg.name}",
-                    )
-                )
+            targets = [t for t in sc.targets if t.output == output and t.metric != "time_in_range"]
+            _target_boxes(ax, targets, ylo, yhi, lw=1.0)
         ax.set_ylim(ylo, yhi)
         ax.set_xlim(float(np.nanmin(t)), float(np.nanmax(t)))
         if a % ncols == 0:
