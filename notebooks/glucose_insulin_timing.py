@@ -36,7 +36,6 @@
 # on the twin's posterior, with meal-to-meal variability on top, and compare.
 
 # %%
-import dataclasses
 import os
 import sys
 import time
@@ -297,21 +296,12 @@ for target in res["target"].values:
     print(table.round(3).to_string())
 
 # %% [markdown]
-# The figure's left panel simulates each regimen's own doses on 200 of the twin's draws,
-# but not a scenario's background doses (here: the meal). For the figure only, we put the
-# meal into every regimen (the same doses, so the bands match what `compare` simulated,
-# without the meal-to-meal variability).
+# The figure's left panel simulates each regimen's doses and the scenario's background
+# doses (the meal) on 200 of the twin's draws, without the meal-to-meal variability.
 
 # %%
-with_meal = dataclasses.replace(
-    scenario,
-    regimens=tuple(
-        dataclasses.replace(r, blocks=(*scenario.background, *r.blocks)) for r in scenario.regimens
-    ),
-    background=(),
-)
 fig = plots.scenario_comparison(
-    res, with_meal, draws=draws["twin (CGM day)"], path=OUT / "glucose_scenarios.png"
+    res, scenario, draws=draws["twin (CGM day)"], path=OUT / "glucose_scenarios.png"
 )
 show(fig)
 

@@ -295,6 +295,24 @@ high = 60.0
 """
 
 
+def test_scenario_comparison_bands_include_background_doses():
+    """A background dose (here 100 mg at 6 h) is in every regimen's band: with identical
+    draws the median is the closed form of both doses."""
+    sc = load_scenario(SCENARIO + '\n[[background]]\ndose = 100\ncmt = "depot"\nstart = 6.0\n')
+    assert sc.background
+    draws = {k: np.full(4, v) for k, v in TYPICAL.items()}
+    res = compare(sc, draws)
+    fig = plots.scenario_comparison(res, sc, draws=draws)
+    med = _artist(fig.axes[0], "median|200 mg q24h")
+    t = np.asarray(med.get_xdata())
+    cl, v, ka = (TYPICAL[p] for p in ("CL", "V", "KA"))
+    ref = bateman(t, cl, v, ka, dose_times=(0.0, 24.0), dose=200.0) + bateman(
+        t, cl, v, ka, dose_times=(6.0,), dose=100.0
+    )
+    assert np.allclose(med.get_ydata(), ref, rtol=1e-6, atol=1e-9)
+    assert "as planned" not in fig.axes[0].get_title()
+
+
 def test_scenario_comparison_bands_and_attainment_bars(tmp_path):
     sc = load_scenario(SCENARIO)
     draws = twin_draws(M, key=jax.random.key(5), n=120)

@@ -20,6 +20,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -704,10 +705,10 @@ def scenario_comparison(
     window and range of a concentration metric) as a shaded box. Without ``draws``, ``key``
     draws the card's population as :func:`~twinrx.scenarios.compare` does; with neither,
     only the right panel is drawn. The bands follow each regimen's planned doses
-    (:meth:`~twinrx.scenarios.Regimen.events`): a scenario's adherence patterns, feedback
-    rules, background doses and within-patient variability enter the attainment panel
-    (through ``compare``) but not the bands, and the panel's title then says "doses as
-    planned".
+    (:meth:`~twinrx.scenarios.Regimen.events`) plus the scenario's background doses: its
+    adherence patterns, feedback rules and within-patient variability enter the attainment
+    panel (through ``compare``) but not the bands, and the panel's title then says "doses
+    as planned".
     Right: the probability of target attainment (``result["pta"]``) per regimen and target,
     regimens in the order of ``result["rank"]`` (best on top), labelled in percent.
     """
@@ -738,7 +739,11 @@ def scenario_comparison(
         lows = []
         for i in order:
             reg = scenario.regimen(regs[i])
-            ev = reg.events(model, scenario.horizon, weight)
+            # the scenario's background doses (a meal, a co-medication) are in every band
+            background = tuple(getattr(scenario, "background", ()))
+            ev = dataclasses.replace(reg, blocks=(*background, *reg.blocks)).events(
+                model, scenario.horizon, weight
+            )
             grid = np.unique(np.concatenate([base, np.asarray(ev.time)]))
             _, out, status = simulate_arrays(model, sub, _tile(ev, idx.size), jnp.asarray(grid), devices=1)
             c = np.where((np.asarray(status) != 0)[:, None], np.nan, np.asarray(out[o]))
@@ -757,7 +762,7 @@ def scenario_comparison(
         planned = any(
             getattr(r, "adherence", None) is not None or getattr(r, "rules", ()) for r in scenario.regimens
         )
-        planned = planned or bool(getattr(scenario, "background", ()) or getattr(scenario, "variability", ()))
+        planned = planned or bool(getattr(scenario, "variability", ()))
         note = ", doses as planned" if planned else ""
         ax.set_title(f"{o}: median and 90 % band ({idx.size} draws{note})", fontsize="medium")
         ax.legend(fontsize="small", frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=3)
@@ -781,7 +786,10 @@ def scenario_comparison(
     ax.set_xlabel("Probability of target attainment (%)")
     ax.set_ylabel("Regimen (by rank)")
     ax.set_title("Target attainment", fontsize="medium")
-    ax.legend(fontsize="small", frameon=False, loc="lower right")
+    # under the panel: inside, it would hide the bars of the lowest-ranked regimen
+    ax.legend(
+        fontsize="small", frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=min(nt, 4)
+    )
     fig.suptitle(f"Scenario {scenario.name} ({model.name})", fontsize="medium")
     return _save(fig, path)
 
