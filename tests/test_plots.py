@@ -231,6 +231,32 @@ def test_pcvpc_observed_percentiles_and_simulated_regions(cohort, popfit, tmp_pa
     assert np.allclose(x, want_x) and np.allclose(lo, ref, rtol=1e-6) and np.allclose(hi, ref, rtol=1e-6)
 
 
+def test_pcvpc_leaves_out_levels_whose_prediction_is_zero(cohort, popfit):
+    """A level at the time of an oral dose has PRED = 0: prediction correction divides by
+    it, so it is left out (no warning), and the observed percentiles are those without it."""
+    c, truth = cohort
+    pats = []
+    for p in c:
+        s = p.series["CP"]
+        s0 = Series(
+            "CP",
+            "mg/L",
+            np.r_[0.0, s.time],
+            np.r_[0.01, s.value],
+            np.r_[0, s.censored].astype(np.int8),
+            np.r_[LLOQ, s.lloq],
+            kind="response",
+        )
+        pats.append(Patient(p.id, series={"CP": s0}, dosing=p.dosing))
+    with_zero = _posterior(FitData.from_cohort(M, Cohort(tuple(pats))), truth)
+    edges = [0.0, 1.5, 6.0, 16.0, 30.0]
+    a = plots.vpc(with_zero, key=jax.random.key(2), n_sim=40, bins=edges).axes[0]
+    b = plots.vpc(popfit, key=jax.random.key(2), n_sim=40, bins=edges).axes[0]
+    for q in (5, 50, 95):
+        la, lb = _artist(a, f"observed_p{q}"), _artist(b, f"observed_p{q}")
+        assert np.allclose(la.get_xdata(), lb.get_xdata()) and np.allclose(la.get_ydata(), lb.get_ydata())
+
+
 def test_vpc_residual_error_regions_match_a_numpy_monte_carlo(cohort, popfit):
     c, truth = cohort
     sigma = 0.1

@@ -547,7 +547,8 @@ def vpc(
     times with the observed doses and covariates. Observations are binned by time
     (``bins``: edges, or a number of quantile bins; default one bin per distinct time for a
     design of at most 10 times, else 8 quantile bins). With ``prediction_corrected``, each
-    value (observed and simulated) is multiplied by ``PRED_bin / PRED`` (PRED: the
+    value (observed and simulated) is multiplied by ``PRED_bin / PRED`` (levels whose PRED
+    is 0, such as one at the time of an oral dose, are left out; PRED: the
     population prediction; PRED_bin: its median in the bin). The figure shows the observed
     5th, 50th and 95th percentiles per bin against the 90 % intervals of the same
     percentiles over the replicates.
@@ -589,18 +590,22 @@ def vpc(
     ysim = np.where(ysim < lloq[None, :, None], np.nan, ysim)
 
     use = mask & (cens == 0)
+    if prediction_corrected:
+        pred = _population_prediction(fit, o)
+        # Bergstrand's correction divides by PRED: an observation whose population prediction
+        # is 0 (a level taken at the dose of an oral drug) cannot be corrected and is left out
+        use &= pred > 0
     if not use.any():
         raise ValueError(f"output {o} has no uncensored observations to check")
     edges = _bin_edges(t[use], bins)
     which = np.digitize(t, edges[1:-1], right=True)  # bin of each observation
     B = edges.size - 1
     if prediction_corrected:
-        pred = _population_prediction(fit, o)
         corr = np.ones_like(pred)
         for k in range(B):
             sel = use & (which == k)
             if sel.any():
-                corr[sel] = np.median(pred[sel]) / pred[sel]  # Bergstrand: PRED > 0
+                corr[sel] = np.median(pred[sel]) / pred[sel]
         yv, ysim = y * corr, ysim * corr[None]
     else:
         yv = y
