@@ -48,7 +48,11 @@ def test_non_numeric_cells_all_reported():
         read_nonmem(io.StringIO(HEADER + "1,0,1,abc,1,0,0,0,0\n1,x,0,0,2,0,0,0,0\n"))
     cols = sorted((p.column, p.row) for p in e.value.problems)
     assert cols == [("AMT", 2), ("TIME", 3)]
-    assert "'abc' is not a number" in str(e.value)
+    assert "'abc' is not a finite number" in str(e.value)
+    # "inf" parses as a number but is no dose, time or EVID (hypothesis found EVID = inf)
+    with pytest.raises(DataError) as e:
+        read_nonmem(io.StringIO(HEADER + "1,0,1,inf,1,0,0,0,0\n"))
+    assert [(p.column, p.row) for p in e.value.problems] == [("AMT", 2)]
 
 
 def test_missing_required_columns():

@@ -139,15 +139,18 @@ def read_nonmem(source: Any) -> NonmemData:
         is_missing = raw.isin(["", "."])
         vals = pd.to_numeric(raw.where(~is_missing, "nan"), errors="coerce")
         bad = vals.isna() & ~is_missing
-        if bad.any() and (col in _DOSING or col in ("TIME", "DV", "MDV")):
+        key_column = col in _DOSING or col in ("TIME", "DV", "MDV")
+        if key_column:  # "inf" parses as a number, but no record can use it
+            bad |= np.isinf(vals)
+        if bad.any() and key_column:
             for i in np.nonzero(bad.to_numpy())[0]:
                 problems.append(
                     Problem(
                         ids.iloc[i],
                         int(df["__LINE"].iloc[i]),
                         col,
-                        f"{raw.iloc[i]!r} is not a number",
-                        f"write a number in {col} (use . for missing)",
+                        f"{raw.iloc[i]!r} is not a finite number",
+                        f"write a finite number in {col} (use . for missing)",
                     )
                 )
         elif bad.any():
