@@ -394,6 +394,12 @@ def test_individual_fit_under_the_cards_population():
     assert float(prior.conditioned["sigma_CP_prop"]) == err["proportional"]
     ind = fit(m, cohort, method="map", prior=prior)
     _assert_map_is_the_exact_mode(m, cohort, ind, patients=2)
+    # variability of one's own: only CL varies, with SD 0.2 of the log
+    own = Fit.from_card(m, variability={"CL": 0.2})
+    assert own.pop.iiv == ("CL",) and float(own.conditioned["omega_CL"]) == 0.2
+    _assert_map_is_the_exact_mode(m, cohort, fit(m, cohort, method="map", prior=own), patients=1)
+    with pytest.raises(ValueError, match="positive SD"):
+        Fit.from_card(m, variability={"XX": 0.2})
     with pytest.raises(ValueError, match="values="):
         Fit.from_card(m, error={"CP": "additive"})
     assert (

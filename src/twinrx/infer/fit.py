@@ -71,6 +71,7 @@ class Fit:
         *,
         error: Mapping[str, str] | None = None,
         values: Mapping[str, float] | None = None,
+        variability: Mapping[str, float] | None = None,
     ) -> Fit:
         """A model card's population as a fit: the ``prior`` of an individual fit (the twin
         of one patient when no population fit of one's own data exists).
@@ -81,6 +82,10 @@ class Fit:
         name (``CL``, ``omega_CL``, ``sigma_CP``, ``sigma_CP_add``/``sigma_CP_prop`` for a
         combined error). ``error`` picks another residual-error kind per output; its
         magnitude must then be in ``values``.
+
+        ``variability`` replaces the card's variability block by these parameters'
+        standard deviations of the log (``{"Vmx": 0.4}``, uncorrelated): for a card that
+        declares none (a model of one typical subject) or to estimate other parameters.
 
         ``twinrx.infer.fit(model, cohort, prior=Fit.from_card(model))`` then estimates
         each patient's random effects under the card's population.
@@ -93,12 +98,29 @@ class Fit:
         # card's value may sit on its bound (EMAX = 1 in [0, 1]), where a prior density is 0.
         given = {k: float(v) for k, v in (values or {}).items()}
         fixed = {p: given.pop(p, typical[p]) for p in model.parameter_names}
-        pop = PopulationModel.build(model, None, error=error, fixed=fixed)
+        own = {k: float(v) for k, v in (variability or {}).items()}
+        bad = [k for k, v in own.items() if k not in model.parameter_names or not v > 0]
+        if bad:
+            raise ValueError(
+                f"variability for {bad}: give parameters of {model.name!r} with a positive SD "
+                f"of the log ({', '.join(model.parameter_names)})"
+            )
+        pop = PopulationModel.build(
+            model,
+            None,
+            error=error,
+            fixed=fixed,
+            variability=tuple(own) if own else None,
+            covariance="diagonal" if own else None,
+        )
         vals: dict[str, float] = {}
         var = model.card.variability
         cov = var.matrix()
         sd = np.sqrt(np.diag(cov)) if cov.size else np.zeros(0)
-        vals.update({f"omega_{p}": float(sd[var.parameters.index(p)]) for p in pop.iiv})
+        if own:
+            vals.update({f"omega_{p}": own[p] for p in pop.iiv})
+        else:
+            vals.update({f"omega_{p}": float(sd[var.parameters.index(p)]) for p in pop.iiv})
         errs = model.residual_errors
         for o, spec in pop.errors:
             e = errs.get(o)
