@@ -1,10 +1,19 @@
 import gc
+import os
 from pathlib import Path
 
 import jax
 import pytest
+from hypothesis import settings
 
 jax.config.update("jax_enable_x64", True)
+
+# CI (.ci/run sets CI=1) draws the same hypothesis examples every run, so that main stays
+# green on what was checked; elsewhere every run explores new examples (a failure prints
+# the example and is kept in .hypothesis/ to replay).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
