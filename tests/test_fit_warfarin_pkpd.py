@@ -53,20 +53,18 @@ def published() -> dict[str, float]:
     return out
 
 
+def published_typical(ref: dict[str, float]) -> dict[str, float]:
+    """The card's parameters from the published log-scale estimates (EMAX as its odds)."""
+    names = {"KTR": "tktr", "KA": "tka", "CL": "tcl", "V": "tv", "EMAX_ODDS": "temax"}
+    names.update({"EC50": "tec50", "KOUT": "tkout", "E0": "te0"})
+    return {p: math.exp(ref[k]) for p, k in names.items()}
+
+
 def test_card_values_are_the_published_estimates():
     ref = published()
     m = twinrx.get_model("warfarin_pkpd")
     p = {q.name: q.value for q in m.parameters}
-    expect = {
-        "KTR": math.exp(ref["tktr"]),
-        "KA": math.exp(ref["tka"]),
-        "CL": math.exp(ref["tcl"]),
-        "V": math.exp(ref["tv"]),
-        "EMAX_ODDS": math.exp(ref["temax"]),
-        "EC50": math.exp(ref["tec50"]),
-        "KOUT": math.exp(ref["tkout"]),
-        "E0": math.exp(ref["te0"]),
-    }
+    expect = published_typical(ref)
     for k, v in expect.items():
         assert p[k] == pytest.approx(v, rel=1e-5), k
     errs = m.residual_errors
@@ -149,16 +147,7 @@ def individual():
     pop = PopulationModel.build(
         m, d, error={"CP": "combined", "PCA": "additive"}, covariance="diagonal", **SOLVER
     )
-    typical = {
-        "KTR": math.exp(ref["tktr"]),
-        "KA": math.exp(ref["tka"]),
-        "CL": math.exp(ref["tcl"]),
-        "V": math.exp(ref["tv"]),
-        "EMAX_ODDS": math.exp(ref["temax"]),
-        "EC50": math.exp(ref["tec50"]),
-        "KOUT": math.exp(ref["tkout"]),
-        "E0": math.exp(ref["te0"]),
-    }
+    typical = published_typical(ref)
     errors = {"sigma_CP_add": 0.144, "sigma_CP_prop": 0.15, "sigma_PCA": 3.91}
     mat = m.card.variability.matrix()
     card_sd = {p: math.sqrt(mat[i, i]) for i, p in enumerate(m.card.variability.parameters)}

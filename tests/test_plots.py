@@ -21,6 +21,8 @@ from scipy.stats import norm
 pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")
 
+from synth.scenarios import two_arm_cohort  # noqa: E402
+
 import twinrx  # noqa: E402
 from twinrx import plots  # noqa: E402
 from twinrx.data.patient import Cohort, Dosing, Patient, Series  # noqa: E402
@@ -408,44 +410,17 @@ def test_matplotlib_is_imported_only_when_a_figure_is_made():
 
 
 # ------------------------------------------------------------------------------ cohorts
-COHORT_SCENARIO = """
-[scenario]
-name = "cohort figure check"
-model = "one_cpt_oral"
-horizon = 48.0
-step = 1.0
-
-[[regimens]]
-name = "100 mg q12h"
-dose = 100
-cmt = "depot"
-every = 12
-
-[[regimens]]
-name = "150 mg q12h"
-dose = 150
-cmt = "depot"
-every = 12
-
-[[targets]]
-name = "trough day 2"
-output = "CP"
-metric = "trough"
-window = [36.0, 48.0]
-low = 0.4
-high = 2.0
-
+COHORT_SCENARIO = two_arm_cohort(
+    "cohort figure check",
+    """
 [[targets]]
 name = "AUC24 day 2"
 output = "CP"
 metric = "auc24"
 window = [24.0, 48.0]
 low = 30.0
-
-[population.covariates]
-SEX = { dist = "categorical", levels = ["F", "M"], probabilities = [0.4, 0.6] }
-WT  = { dist = "lognormal", median = 75, gcv = 0.2, unit = "kg" }
-"""
+""",
+)
 FAILED = {0: [0, 3, 7], 1: [5]}  # arm: patients whose solve is marked failed
 
 

@@ -30,6 +30,8 @@ import xarray as xr
 pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")
 
+from synth.scenarios import two_arm_cohort  # noqa: E402
+
 import twinrx  # noqa: E402
 from twinrx.data.patient import Cohort, Dosing, Patient, Series  # noqa: E402
 from twinrx.infer import Fit, FitData, PopulationModel, to_datatree  # noqa: E402
@@ -582,45 +584,18 @@ def test_chromium_loads_every_image_of_both_pages(fit_page, scenario_page, tmp_p
 
 
 # ------------------------------------------------------------------------------ cohort
-COHORT_SCENARIO = """
-[scenario]
-name = "cohort report check"
-description = "Two arms & a <subgroup>"
-model = "one_cpt_oral"
-horizon = 48.0
-step = 1.0
-
-[[regimens]]
-name = "100 mg q12h"
-dose = 100
-cmt = "depot"
-every = 12
-
-[[regimens]]
-name = "150 mg q12h"
-dose = 150
-cmt = "depot"
-every = 12
-
-[[targets]]
-name = "trough day 2"
-output = "CP"
-metric = "trough"
-window = [36.0, 48.0]
-low = 0.4
-high = 2.0
-
+COHORT_SCENARIO = two_arm_cohort(
+    "cohort report check",
+    """
 [[targets]]
 name = "Cmax day 2"
 output = "CP"
 metric = "cmax"
 window = [24.0, 48.0]
 high = 3.0
-
-[population.covariates]
-SEX = { dist = "categorical", levels = ["F", "M"], probabilities = [0.4, 0.6] }
-WT  = { dist = "lognormal", median = 75, gcv = 0.2, unit = "kg" }
-"""
+""",
+    description="Two arms & a <subgroup>",
+)
 COHORT_N, COHORT_CHUNK = 120, 40
 COHORT_FAILED = {0: [1, 4], 1: [9]}  # arm: patients (of chunk 0) whose solve is marked failed
 

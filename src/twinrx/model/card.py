@@ -360,11 +360,10 @@ class Covariate:
         except TypeError:
             numeric = False
         if numeric:
-            try:
-                a = np.asarray(value, float)
-            except jax.errors.TracerArrayConversionError:  # traced: checked where it entered
-                return value
-            self._check_codes(a)
+            # Host values are checked; JAX arrays (traced, or on a device) pass as they are:
+            # a check would copy them to the host on every call.
+            if not isinstance(value, jax.Array):
+                self._check_codes(np.asarray(value, float))
             return value
         arr = np.asarray(value, dtype=object)
         # One lookup per distinct value, not per element (cohorts have millions of rows).
