@@ -220,3 +220,18 @@ def test_version_and_usage_errors(capsys):
     assert main(["simulate", "--bogus"]) == 1
     err = capsys.readouterr().err
     assert "No such option: --bogus" in err and "internal error" not in err
+
+
+def test_fit_with_a_prior_refuses_population_options(tmp_path, capsys):
+    """--error/--fixed/... belong to the population fit named by --prior: refused (exit 1,
+    saying which), never silently ignored."""
+    data = tmp_path / "d.csv"
+    data.write_text("ID,TIME,EVID,AMT,CMT,DV\n1,0,1,100,1,0\n1,2,0,0,2,1.5\n1,8,0,0,2,0.9\n")
+    rc = main(
+        ["fit", "--model", "one_cpt_oral", "--data", str(data), "--out", str(tmp_path / "f.zarr")]
+        + ["--prior", str(tmp_path / "pop.zarr"), "--error", "CP=additive", "--fixed", "KA=1"]
+    )
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "--error, --fixed: an individual fit takes the population model of --prior" in err
+    assert not (tmp_path / "f.zarr").exists()

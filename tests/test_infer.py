@@ -325,9 +325,14 @@ def test_individual_nuts_matches_importance_sampling_of_the_exact_posterior(samp
     ind = fit(
         m, cohort, method="nuts", prior=popfit, chains=2, warmup=300, draws=500, seed=4, sampler=sampler
     )
-    assert ind.info["chain_method"] == ("per_patient" if sampler == "per_patient" else "vectorized")
+    # (a worker whose CPU cores were made devices runs the joint sampler's chains on them)
+    assert ind.info["chain_method"].startswith("per_patient" if sampler == "per_patient" else "vectorized")
     if sampler == "per_patient":  # statistics per patient
         assert ind.stats["diverging"].shape == (2, 500, 3)
+    _assert_matches_importance_sampling(ind, cohort)
+
+
+def _assert_matches_importance_sampling(ind, cohort):
     cl = ind.samples["CL_i"]
     for i, p in enumerate(cohort):
         s = p.series["CP"]
@@ -446,3 +451,54 @@ def test_fit_data_converts_patient_hours_to_a_minutes_card():
         return c
 
     np.testing.assert_allclose(np.asarray(out["CP"]).ravel(), conc(t_obs), rtol=1e-10)
+
+
+_DEVICES_SCRIPT = """
+import sys
+import twinrx
+assert twinrx.use_cpu_cores(2) == 2
+sys.path.insert(0, {tests!r})
+import test_infer as T
+m, rich, _ = T._cohort(n=6)
+popfit = T.fit(m, rich, method="map", error={{"CP": "additive"}})
+_, cohort, _ = T._cohort(n=3, seed=8, times=(1, 4, 12))
+for sampler, n, method in (("joint", 3, "vectorized on 2 devices"), ("per_patient", 3, "per_patient"),
+                           ("per_patient", 1, "per_patient")):
+    c = T.Cohort(tuple(cohort)[:n])
+    ind = T.fit(m, c, method="nuts", prior=popfit, chains=4, warmup=300, draws=250, seed=4, sampler=sampler)
+    assert ind.info["chain_method"] == method, ind.info["chain_method"]
+    assert ind.samples["CL_i"].shape == (4, 250, n)
+    T._assert_matches_importance_sampling(ind, c)
+    print(sampler, n, "ok")
+"""
+
+
+def test_nuts_on_several_cpu_devices_matches_importance_sampling():
+    """With CPU cores made devices (as the CLI does): the joint sampler's chains split over
+    them, per-patient samplers split by patient (3 patients padded to 2 devices) and, for
+    one patient, by chain. Each posterior against the importance-sampling reference."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = _DEVICES_SCRIPT.format(tests=str(Path(__file__).parent))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    assert run.stdout.split() == ["joint", "3", "ok", "per_patient", "3", "ok", "per_patient", "1", "ok"]
+
+
+def test_individual_ode_fit_from_a_closed_form_population_fit():
+    """An individual fit may solve by ODE where the population was fitted in closed form:
+    the modes agree (two solvers; the ODE's gradient by forward sensitivities). Other model
+    options with a prior are refused: they belong to the population fit."""
+    m, cohort, _ = _cohort(n=6)
+    popfit = fit(m, cohort, method="map", error={"CP": "additive"})
+    closed = fit(m, cohort, method="map", prior=popfit)
+    ode = fit(m, cohort, method="map", prior=popfit, solver="ode", rtol=1e-9, atol=1e-12)
+    assert ode.pop.solver == "ode" and closed.pop.solver != "ode"
+    for p in ("CL_i", "V_i", "KA_i"):
+        np.testing.assert_allclose(ode.samples[p], closed.samples[p], rtol=1e-5)
+    with pytest.raises(ValueError, match="error: an individual fit"):
+        fit(m, cohort, method="map", prior=popfit, error={"CP": "proportional"})

@@ -381,6 +381,13 @@ def fit(
             "estimate_effects": estimate_effects,
         }
     else:
+        given = [f"--{k}" for k, v in (("error", error), ("fixed", fixed), ("covariance", covariance)) if v]
+        given += ["--estimate-effects"] if estimate_effects else []
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: an individual fit takes the population model of --prior {prior}; "
+                "leave these out, or fit the population again with them"
+            )
         options["prior"] = from_datatree(read_fit(prior))
     f = run_fit(
         m,

@@ -242,10 +242,23 @@ _EXTRA_FIELDS = (
 )
 
 
-def _sampler(pop, chains, warmup, draws, progress, target_accept, max_tree_depth, dense_mass, init_items):
+def _sampler(
+    pop,
+    chains,
+    warmup,
+    draws,
+    progress,
+    target_accept,
+    max_tree_depth,
+    dense_mass,
+    init_items,
+    *,
+    one_device=False,
+):
     """A NUTS sampler over the whole model (every patient in one joint posterior); the data
-    and the held population values are model arguments."""
-    if jax.local_device_count() >= chains > 1:
+    and the held population values are model arguments. Chains run in parallel on
+    separate devices where there are enough of them, unless ``one_device``."""
+    if not one_device and jax.local_device_count() >= chains > 1:
         chain_method = "parallel"
     else:
         chain_method = "vectorized" if chains > 1 else "sequential"
@@ -278,9 +291,38 @@ def _joint_nuts_compiled(key, data, cond, *, settings):
     """The whole run (warm-up and draws) as one compiled function of the key, the data and
     the held values: a repeat call with data of the same shape does not compile again
     (numpyro's MCMC object would). Without a progress bar, on one device."""
-    mcmc, _ = _sampler(*settings)
+    mcmc, _ = _sampler(*settings, one_device=True)
     mcmc.run(key, data, cond, extra_fields=_EXTRA_FIELDS)
     return mcmc.get_samples(group_by_chain=True), mcmc.get_extra_fields(group_by_chain=True)
+
+
+@functools.partial(jax.jit, static_argnames=("settings", "devices"))
+def _joint_nuts_sharded(key, data, cond, *, settings, devices):
+    """:func:`_joint_nuts_compiled` with the chains split over ``devices`` local devices
+    (e.g. CPU cores made devices by :func:`twinrx.use_cpu_cores`): each device runs its
+    share of the chains vectorised, in parallel with the others; one compilation."""
+    chains = settings[1]
+    share = (settings[0], chains // devices, *settings[2:])
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:devices]), ("chains",))
+    spec, whole = jax.sharding.PartitionSpec("chains"), jax.sharding.PartitionSpec()
+
+    def run(k, d, c):
+        mcmc, _ = _sampler(*share, one_device=True)
+        mcmc.run(k[0], d, c, extra_fields=_EXTRA_FIELDS)
+        return mcmc.get_samples(group_by_chain=True), mcmc.get_extra_fields(group_by_chain=True)
+
+    if share[1] == 1:  # numpyro drops the chain axis of a single chain
+        run_one = run
+        run = lambda k, d, c: jax.tree.map(lambda a: a[None], run_one(k, d, c))  # noqa: E731
+    sharded = jax.shard_map(run, mesh=mesh, in_specs=(spec, whole, whole), out_specs=spec, check_vma=False)
+    return sharded(jax.random.split(key, devices), data, cond)
+
+
+def _chain_devices(chains: int) -> int:
+    """Local devices the chains of one joint sampler are split over: the most that divide
+    the chains evenly (1: all chains vectorised on one device)."""
+    n = min(jax.local_device_count(), chains)
+    return next(d for d in range(n, 0, -1) if chains % d == 0)
 
 
 def _nuts(
@@ -289,11 +331,16 @@ def _nuts(
     init_items = tuple((k, _HashableArray(np.asarray(v))) for k, v in sorted((init or {}).items()))
     settings = (pop, chains, warmup, draws, progress, target_accept, max_tree_depth, dense_mass, init_items)
     args = (data.anonymous(), {k: jnp.asarray(v) for k, v in cond.items()})
-    mcmc, chain_method = _sampler(*settings)
-    if progress or chain_method == "parallel":
+    devices = _chain_devices(chains)
+    if progress:  # numpyro's own loop, for its progress bar
+        mcmc, chain_method = _sampler(*settings)
         mcmc.run(key, *args, extra_fields=_EXTRA_FIELDS)
         samples, ex = mcmc.get_samples(group_by_chain=True), mcmc.get_extra_fields(group_by_chain=True)
+    elif devices > 1:
+        chain_method = f"vectorized on {devices} devices" if chains > devices else "parallel"
+        samples, ex = _joint_nuts_sharded(key, *args, settings=settings, devices=devices)
     else:
+        chain_method = "vectorized" if chains > 1 else "sequential"
         samples, ex = _joint_nuts_compiled(key, *args, settings=settings)
     return _to_numpy(samples), _sampler_stats(_to_numpy(ex)), {"chain_method": chain_method}
 
@@ -326,16 +373,70 @@ _NUTS_FIELDS = ("diverging", "num_steps", "accept_prob", "potential_energy", "en
         "max_tree_depth",
         "dense_mass",
         "progress",
+        "devices",
     ),
 )
 def _individual_nuts(
-    pop, cond, data, key, x0, *, chains, warmup, draws, target_accept, max_tree_depth, dense_mass, progress
+    pop,
+    cond,
+    data,
+    key,
+    x0,
+    *,
+    chains,
+    warmup,
+    draws,
+    target_accept,
+    max_tree_depth,
+    dense_mass,
+    progress,
+    devices=1,
 ):
     """Independent NUTS samplers, ``chains`` per patient, each with its own step size and
     mass matrix, all under one ``vmap`` (population values held at ``cond``: the posterior
     factorises over patients, so this is exact, and each sampler sees a problem of a few
-    dimensions instead of one joint problem over every patient). Compiled once per
-    population model, settings and data shape."""
+    dimensions instead of one joint problem over every patient). With ``devices`` > 1 the
+    samplers are split over that many local devices (by patient, or by chain for fewer
+    patients than devices), each running its share in parallel. Compiled once per
+    population model, settings, data shape and device count."""
+    N = x0.shape[0]
+    keys = jax.random.split(key, (N, chains))
+    split = jax.tree.map(lambda a: a[:, None], data)  # N patients of one each
+    run = functools.partial(
+        _individual_samplers,
+        pop,
+        cond,
+        warmup=warmup,
+        draws=draws,
+        target_accept=target_accept,
+        max_tree_depth=max_tree_depth,
+        dense_mass=dense_mass,
+        progress=progress,
+    )
+    if devices <= 1:
+        return run(split, keys, x0)
+    P = jax.sharding.PartitionSpec
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:devices]), ("d",))
+    if N < devices:  # chains over devices (chains % devices == 0, see _sampler_devices)
+        sharded = jax.shard_map(
+            run, mesh=mesh, in_specs=(P(), P(None, "d"), P(None, "d")), out_specs=P("d"), check_vma=False
+        )
+        return sharded(split, keys, x0)
+    # Patients over devices, padded to a multiple of them with copies of the first patient
+    # (their draws are dropped): out (chains, draws, N).
+    pad = -N % devices
+    padded = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, 0)]), (split, keys, x0))
+    sharded = jax.shard_map(
+        run, mesh=mesh, in_specs=(P("d"),) * 3, out_specs=P(None, None, "d"), check_vma=False
+    )
+    return jax.tree.map(lambda a: a[:, :, :N], sharded(*padded))
+
+
+def _individual_samplers(
+    pop, cond, split, keys, x0, *, warmup, draws, target_accept, max_tree_depth, dense_mass, progress
+):
+    """The samplers of :func:`_individual_nuts` for ``keys`` and ``x0`` of shape
+    ``(patients, chains, ...)``; returns draws as ``(chains, draws, patients)``."""
     names, obj, sites = _patient_functions(pop, cond)
     init_kernel, sample_kernel = hmc(potential_fn_gen=lambda d1: functools.partial(obj, d1=d1), algo="NUTS")
 
@@ -353,8 +454,6 @@ def _individual_nuts(
     def per_sampler(f):  # over patients (data batched) and their chains (data shared)
         return jax.vmap(jax.vmap(f, (0, None) if f is not init_one else (0, 0, None)))
 
-    split = jax.tree.map(lambda a: a[:, None], data)  # N patients of one each
-    keys = jax.random.split(key, (x0.shape[0], chains))
     state = per_sampler(init_one)(keys, x0, split)
     sample = per_sampler(lambda s, d1: sample_kernel(s, model_args=(d1,)))
 
@@ -379,6 +478,15 @@ def _individual_nuts(
     out = jax.tree.map(lambda a: jnp.transpose(a, (2, 1, 0)), out)  # (N, draws, chains) -> (chains, draws, N)
     by_chain = lambda a: jnp.transpose(a, (2, 0, 1))  # noqa: E731  (draws, N, chains) -> (chains, draws, N)
     return out, by_chain(step_size), {f: by_chain(v) for f, v in zip(_NUTS_FIELDS, fields)}
+
+
+def _sampler_devices(n_patients: int, chains: int) -> int:
+    """Local devices per-patient samplers are split over: by patient, up to one device per
+    patient; for fewer patients than devices, by chain, the most that divide the chains."""
+    n = jax.local_device_count()
+    if n_patients >= n:
+        return n
+    return max((d for d in range(1, n + 1) if chains % d == 0 and d > n_patients), default=max(n_patients, 1))
 
 
 _PROGRESS: dict[str, Any] = {}
@@ -423,6 +531,7 @@ def _nuts_per_patient(
         max_tree_depth=int(max_tree_depth),
         dense_mass=bool(dense_mass),
         progress=bool(progress),
+        devices=_sampler_devices(N, chains),
     )
     _PROGRESS.pop("bar", None)
     stats = _sampler_stats(_to_numpy({**ex, "adapt_state.step_size": step_size}))
@@ -727,7 +836,15 @@ def fit(
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     conditioned: dict[str, np.ndarray] = {}
     if prior is not None:
-        pop = PopulationModel.from_settings(model, prior.pop.settings())
+        # The population model is the prior fit's; only how its predictions are solved
+        # may change (e.g. an ODE twin from a closed-form population fit).
+        solving = {k: options.pop(k) for k in ("solver", "rtol", "atol", "max_steps") if k in options}
+        if options:
+            raise ValueError(
+                f"{', '.join(sorted(options))}: an individual fit (prior=...) takes the population "
+                "model of its prior fit; only solver, rtol, atol and max_steps may be given"
+            )
+        pop = PopulationModel.from_settings(model, {**prior.pop.settings(), **solving})
         pop = dataclasses.replace(pop, errors=tuple((o, s) for o, s in prior.pop.errors if o in data.obs))
         conditioned = population_estimates(prior)
     else:

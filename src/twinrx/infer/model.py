@@ -349,6 +349,7 @@ class PopulationModel:
             devices=1,
             superposition=data.plain_doses,
             infusions=data.infusions,
+            sensitivity="forward",  # ODE gradients: a patient's few parameters (see simulate_arrays)
         )
         # A failed solve makes the draw impossible (NUTS treats it as a divergence).
         numpyro.factor("solver_ok", jnp.sum(jnp.where(status == 0, 0.0, -jnp.inf)))
