@@ -25,9 +25,10 @@ Cases
    one-compartment oral solution. ESS: the minimum over the typical values CL, V, KA.
 2. ``population, ODE``: the same posterior, predictions by an ODE solver: twinrx
    ``solver="ode"`` (Tsit5), Stan ``ode_rk45_tol`` (Dormand-Prince); rtol 1e-6, atol 1e-9
-   (twinrx's defaults) and at most 256 steps per interval on both sides: with twinrx's
-   default of 4096 one gradient costs about 50 times more (the gradient table), and a
-   run would take hours. Fewer draws than the other cases.
+   (twinrx's defaults) and at most 256 steps per interval on both sides. Both compute
+   gradients by forward sensitivities (twinrx's default for fitting; its reverse mode
+   through the solver's checkpointed steps costs about 10 times more). Fewer draws than
+   the other cases.
 3. ``100 patients, individual NUTS``: 100 patients simulated from the case-1 posterior
    medians (320 mg oral at t = 0, 10 concentrations over 24 h), each patient's random
    effects fitted with the population values held at those medians. twinrx: one call
@@ -37,7 +38,9 @@ Cases
    the same 100 patients in one Stan model. Aggregate ESS/s = sum over patients of the
    minimum bulk ESS over CL_i, V_i, KA_i, divided by the wall time of the whole set.
    ``1 patient per call``: the one-patient model, the first patients one call (one fit)
-   each on both sides, as a clinician's precision-dosing request would run.
+   each on both sides, as a clinician's precision-dosing request would run; and the same
+   with the ODE model on both sides (``..., ODE``: twinrx ``solver="ode"``, Stan
+   ``ode_rk45_tol``; tolerances and steps as in case 2).
 4. ``1,000 patients, MAP``: ``fit(m, data1000, method="map", prior=popfit)``, timed on the
    second call. PyStan 3 has no optimiser (httpstan exposes only NUTS and fixed-parameter
    sampling, and ``log_prob``/``grad_log_prob`` go through one HTTP request each), so the
@@ -74,6 +77,10 @@ import scipy.optimize
 import twinrx  # noqa: I001  (enables float64 in JAX first)
 from twinrx.infer import FitData, PopulationModel, ess_bulk, fit
 from twinrx.infer.fit import population_estimates
+
+# Every CPU core a JAX device, as the command line does: chains (and per-patient samplers)
+# run on all cores, as PyStan runs its chains in parallel processes.
+DEVICES = twinrx.use_cpu_cores()
 
 ROOT = Path(__file__).resolve().parents[1]
 THEO = ROOT.parent / "shared" / "data" / "theo_sd.csv"
@@ -317,6 +324,46 @@ def timed(fn, *args, **kwargs):
 
 
 # ------------------------------------------------------------------------------ Stan
+STAN_INDIVIDUAL_ODE = r"""
+functions {
+  vector rhs(real t, vector a, real CL, real V, real KA) {
+    vector[2] da;
+    da[1] = -KA * a[1];
+    da[2] = KA * a[1] - CL / V * a[2];
+    return da;
+  }
+}
+data {
+  int<lower=1> K;
+  int<lower=1, upper=K> n_obs;
+  vector[K] t_obs;
+  vector[K] y;
+  int<lower=0, upper=K> n_zero;  // leading observations at the dose time (t = 0)
+  real<lower=0> amt;  // one bolus into the depot at t = 0
+  real<lower=0> rtol;
+  real<lower=0> atol;
+  int<lower=1> max_steps;
+  vector<lower=0>[3] theta;  // population values held fixed: CL, V, KA
+  vector<lower=0>[3] omega;
+  real<lower=0> sigma;
+}
+parameters {
+  vector[3] z;
+}
+model {
+  int n = n_obs;
+  real CLi = theta[1] * exp(omega[1] * z[1]);
+  real Vi = theta[2] * exp(omega[2] * z[2]);
+  real KAi = theta[3] * exp(omega[3] * z[3]);
+  z ~ std_normal();
+  array[n - n_zero] vector[2] a = ode_rk45_tol(rhs, [amt, 0]', 0, to_array_1d(t_obs[(n_zero + 1):n]),
+                                               rtol, atol, max_steps, CLi, Vi, KAi);
+  if (n_zero > 0) y[1:n_zero] ~ normal(0, sigma);
+  for (k in 1:(n - n_zero)) y[n_zero + k] ~ normal(a[k][2] / Vi, sigma);
+}
+"""
+
+
 @contextlib.contextmanager
 def _quiet():
     """PyStan 3 writes progress and Stan's messages to the console: keep them out."""
@@ -516,7 +563,9 @@ def population_case(m, data, arr, pop, settings, *, solver):
 
 def gradient_costs(m, data, settings) -> list[tuple[str, float]]:
     """Seconds per log-density gradient of the case-1 posterior in twinrx (jit, warm; one
-    chain, and 4 chains under vmap as the vectorised sampler evaluates them)."""
+    chain, and 4 chains under vmap as the vectorised sampler evaluates them), at the prior
+    medians."""
+    from numpyro.infer import init_to_median
     from numpyro.infer.util import initialize_model
 
     out = []
@@ -526,7 +575,9 @@ def gradient_costs(m, data, settings) -> list[tuple[str, float]]:
     ]
     for label, opts in variants:
         pop = PopulationModel.build(m, data, error={"CP": "additive"}, **opts)
-        info = initialize_model(jax.random.key(0), pop, model_args=(data,))
+        # at the prior medians (a random initial point can be extreme, where an ODE solve
+        # takes thousands of steps)
+        info = initialize_model(jax.random.key(0), pop, model_args=(data,), init_strategy=init_to_median)
         z = info.param_info.z
         vg = jax.value_and_grad(info.potential_fn)
         z4 = jax.tree.map(lambda a: jnp.stack([a] * 4), z)
@@ -667,6 +718,86 @@ def individual_case(m, popfit, n, settings):
         )
     )
     rows.sort(key=lambda r: r["case"] == one_label)  # stable: the n-patient rows first
+    return rows
+
+
+def individual_ode_case(m, popfit, settings):
+    """One patient per call with the ODE model on both sides (the first ``n_serial`` of
+    case 3's patients): twinrx ``solver="ode"`` (Tsit5, gradients by forward
+    sensitivities), Stan ``ode_rk45_tol`` (forward sensitivities too)."""
+    est = population_estimates(popfit)
+    n1 = settings["n_serial"]
+    frame = simulate_patients(settings["n_ind"], est, seed=settings["seed"] + 11)
+    frame = frame[frame.ID <= n1]
+    data = FitData.from_nonmem(m, frame)
+    arr = ode_arrays(frame_to_arrays(frame))
+    label = f"1 patient per call ({n1} patients, serial), individual NUTS, ODE"
+    kw = dict(method="nuts", prior=popfit, chains=settings["chains"], warmup=settings["warmup"])
+    kw.update(
+        draws=settings["draws"], solver="ode", rtol=RTOL, atol=ATOL, max_steps=settings["ode_max_steps"]
+    )
+    if settings["warm"]:
+        fit(m, data.select([0]), **{**kw, "seed": 100})
+    t0, c0 = time.perf_counter(), _compile_seconds[0]
+    ess_one, steps_one, div_one = [], [], 0
+    for i in range(n1):
+        f1 = fit(m, data.select([i]), **{**kw, "seed": 1 + i})
+        ess_one.append(min(float(ess_bulk(f1.samples[f"z_{p}"][..., 0])) for p in TYPICAL))
+        steps_one.append(float(np.mean(f1.stats["n_steps"])))
+        div_one += int(np.sum(f1.stats["diverging"]))
+    t_one = time.perf_counter() - t0
+    rows = [
+        _row(
+            label,
+            "twinrx, serial loop (one call per patient, per-patient sampler)",
+            t_one,
+            float(np.sum(ess_one)),
+            compile=_compile_seconds[0] - c0,
+            steps=float(np.mean(steps_one)),
+            divergent=div_one,
+            notes=f"worst patient ESS {min(ess_one):.0f}; {t_one / n1:.2f} s per patient",
+        )
+    ]
+    fixed = {
+        "theta": [float(est[p]) for p in TYPICAL],
+        "omega": [float(est[f"omega_{p}"]) for p in TYPICAL],
+        "sigma": float(est["sigma_CP"]),
+        "rtol": RTOL,
+        "atol": ATOL,
+        "max_steps": settings["ode_max_steps"],
+    }
+    stan_prebuild(STAN_INDIVIDUAL_ODE)
+    ess_st, div, steps, each = [], 0, [], []
+    for i in range(n1):
+        sdata = {
+            "K": arr["K"],
+            "n_obs": arr["n_obs"][i],
+            "t_obs": arr["t_obs"][i],
+            "y": arr["y"][i],
+            "n_zero": arr["n_zero"][i],
+            "amt": float(arr["amt"][i]),
+            **fixed,
+        }
+        t_i = time.perf_counter()
+        post = stan_build(STAN_INDIVIDUAL_ODE, sdata, seed=settings["seed"] + 2000 + i)
+        sf, _ = stan_sample(post, settings)
+        each.append(time.perf_counter() - t_i)
+        z = np.stack([stan_draws(sf, f"z.{j + 1}") for j in range(3)], -1)
+        ess_st.append(min(float(ess_bulk(z[..., j])) for j in range(3)))
+        div += int(np.sum(stan_draws(sf, "divergent__")))
+        steps.append(np.mean(stan_draws(sf, "n_leapfrog__")))
+    rows.append(
+        _row(
+            label,
+            "Stan, serial loop (one fit per patient)",
+            float(np.sum(each)),
+            float(np.sum(ess_st)),
+            compile=0.0,
+            steps=float(np.mean(steps)),
+            divergent=div,
+            notes=f"worst patient ESS {min(ess_st):.0f}; {np.mean(each):.2f} s per patient",
+        )
+    )
     return rows
 
 
@@ -858,6 +989,8 @@ def main(argv=None) -> None:
     print(table(rows[-2:]), flush=True)
     rows += individual_case(m, popfit, settings["n_ind"], settings)
     print(table(rows[-6:]), flush=True)
+    rows += individual_ode_case(m, popfit, settings)
+    print(table(rows[-2:]), flush=True)
     rows += map_case(m, popfit, settings["n_map"], settings)
     print(table(rows[-2:]), flush=True)
     grads = gradient_costs(m, data, settings)
@@ -876,8 +1009,10 @@ def main(argv=None) -> None:
         "",
         f"NUTS on both sides: {s['chains']} chains, {s['warmup']} warmup + {s['draws']} draws each "
         f"(ODE case: {so['chains']} chains, {so['warmup']} + {so['draws']}), target acceptance 0.8, "
-        "maximum tree depth 10, diagonal mass matrix. twinrx runs its chains vectorised in one "
-        "process (JAX on CPU; per-patient samplers: patients x chains vectorised); PyStan runs one process per chain. ESS: twinrx.infer.ess_bulk "
+        "maximum tree depth 10, diagonal mass matrix. twinrx runs in one process with every CPU "
+        f"core a JAX device (twinrx.use_cpu_cores(): {DEVICES}), its chains vectorised and split "
+        "over them (per-patient samplers: patients x chains, split by patient, or by chain for one "
+        "patient); PyStan runs one process per chain. ESS: twinrx.infer.ess_bulk "
         "(rank-normalised bulk ESS) on (chain, draw) arrays for both; population cases: the minimum "
         "over CL, V, KA; patient cases: the sum over patients of each patient's minimum over "
         "CL_i, V_i, KA_i. Wall time: sampling including warmup"
@@ -890,8 +1025,8 @@ def main(argv=None) -> None:
         + "; Stan models built beforehand; for Stan it includes PyStan's per-fit overhead (HTTP "
         "to httpstan, draws parsed from JSON). 'of which compilation': JAX tracing, lowering "
         "and XLA compilation inside the timed call (jax.monitoring events). ODE: rtol 1e-6, "
-        f"atol 1e-9, at most {s['ode_max_steps']} steps per interval on both sides (twinrx's "
-        "default of 4096 makes its gradient far slower; see the gradient table).",
+        f"atol 1e-9, at most {s['ode_max_steps']} steps per interval on both sides; gradients by "
+        "forward sensitivities on both sides.",
         "",
         table(rows),
         "",

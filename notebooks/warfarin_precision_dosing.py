@@ -237,10 +237,12 @@ show(fig)
 # ## 4. Standard vs genotype-guided restart on the twin
 #
 # The scenario file states the regimens and targets (and their sources) in the card's
-# units: 5 mg daily or the IWPC dose (3 mg daily for her age, size and genotype), each
+# units: 5 mg daily or the IWPC dose (a formula of age, height, weight, ancestry and
+# genotype in the file; 3 mg daily for her), each
 # with an INR nomogram on day 5 and then weekly, or without titration; targets: time in
 # range 2-3 over days 8-28 of at least 65 %, an INR in 2-3 on day 29, and no INR above 4.
-# Its `[patient]` block (CYP2C9 \*1/\*3, VKORC1 G/A, 65 years) describes this very patient.
+# Its `[patient]` block (CYP2C9 \*1/\*3, VKORC1 G/A, 65 years, 170 cm, 75 kg, European)
+# describes this very patient.
 #
 # We compare three twins: the card's population with her genotype (what is known before
 # any INR), her fitted twin (genotype + INRs), and, because she is synthetic, the truth.
@@ -315,7 +317,7 @@ t0 = time.perf_counter()
 best = optimise(
     scenario,
     twin_draws(model, key=jax.random.key(14), n=200, fit=twin, patient=pid),
-    regimen="IWPC 3 mg daily, no titration",
+    regimen="IWPC dose daily, no titration",
     target="INR day 29",
     objective="loss",
     key=jax.random.key(13),
@@ -363,7 +365,7 @@ for reg, t in ranked.iterrows():
 card = pta["genotype only (card)"]
 print(
     "\nBefore her INRs (genotype only), the IWPC 3 mg start was preferred over 5 mg: TTR PTA "
-    f"{100 * card.loc['IWPC 3 mg daily + INR nomogram', 'TTR days 8-28']:.0f} % vs "
+    f"{100 * card.loc['IWPC dose daily + INR nomogram', 'TTR days 8-28']:.0f} % vs "
     f"{100 * card.loc['5 mg daily + INR nomogram', 'TTR days 8-28']:.0f} % (titrated)."
 )
 print(f"\nnotebook run time: {time.perf_counter() - T_START:.0f} s")

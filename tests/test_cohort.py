@@ -767,3 +767,130 @@ def test_shipped_warfarin_and_insulin_populations_fit_their_cards():
             if r["gene"] == "VKORC1" and r["group"] == "European" and r["allele"] == "A"
         )
     assert abs(np.mean(pop.covariates["VKORC1"][eu] == "AA") - q * q) < 0.01
+
+
+# --------------------------------------------------------------------------------------
+# Per-patient algorithmic doses (dose formulas)
+# --------------------------------------------------------------------------------------
+_IWPC_VKORC1 = {"GG": 0.0, "GA": -0.8677, "AA": -1.6974}
+_IWPC_CYP2C9 = {"*1/*1": 0.0, "*1/*2": -0.5211, "*1/*3": -0.9357, "*2/*2": -1.0616, "*2/*3": -1.9206}
+_IWPC_CYP2C9["*3/*3"] = -2.3312
+_IWPC_RACE = {"European": 0.0, "East Asian": -0.1092, "African American/Afro-Caribbean": -0.2760}
+
+
+def _iwpc_daily(age, ht, wt, vkorc1, cyp2c9, ancestry):
+    """IWPC pharmacogenetic dose (N Engl J Med 2009;360:753, supplementary appendix), mg/day,
+    written here from the paper's coefficients: race 'missing or mixed' for Latino."""
+    race = {**_IWPC_RACE, "Latino": -0.1032}
+    sq = (
+        5.6044
+        - 0.2614 * np.floor(age / 10)
+        + 0.0087 * ht
+        + 0.0128 * wt
+        + np.array([_IWPC_VKORC1[g] for g in vkorc1])
+        + np.array([_IWPC_CYP2C9[g] for g in cyp2c9])
+        + np.array([race[a] for a in ancestry])
+    )
+    return sq**2 / 7
+
+
+def test_iwpc_dose_of_each_virtual_patient_in_the_shipped_warfarin_trial():
+    """The shipped warfarin trial's IWPC arms dose each virtual patient by the IWPC formula
+    of their own age, height, weight, ancestry and genotypes (rounded to 0.5 mg), and the
+    untitrated arm's total is 28 such doses; the 5 mg arm stays 5 mg for all."""
+    from twinrx.scenarios import load_scenario
+
+    sc = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "warfarin_genotype_guided.toml")
+    spec = cohort.scenario_population(sc)
+    pop, res = cohort.simulate_chunk(sc, spec, 0, 60, 60, key=KEY)
+    c = pop.covariates
+    want = _iwpc_daily(c["AGE"], c["HT"], c["WT"], c["VKORC1"], c["CYP2C9"], c["ANCESTRY"])
+    want = np.clip(np.round(want / 0.5) * 0.5, 0.5, 15.0)
+    assert len(set(want)) >= 5  # the patients' doses differ
+    arms = list(res.arms)
+    fixed = arms.index("IWPC dose daily, no titration")
+    np.testing.assert_allclose(res.last_dose[:, fixed], want, rtol=1e-12)
+    np.testing.assert_allclose(res.total_dose[:, fixed], 28 * want, rtol=1e-12)
+    np.testing.assert_allclose(res.total_dose[:, arms.index("5 mg daily, no titration")], 140.0)
+    assert (res.status == 0).all()
+    # the file's own patient: 3.12 mg/day by hand -> 3 mg
+    one = sc.regimen("IWPC dose daily + INR nomogram").blocks[0].formula
+    assert one.amounts(dict(sc.patient), "test") == 3.0
+    p = dict(sc.patient)
+    assert _iwpc_daily(np.array(p["AGE"]), p["HT"], p["WT"], [p["VKORC1"]], [p["CYP2C9"]], [p["ANCESTRY"]])[
+        0
+    ] == pytest.approx(3.12, abs=0.005)
+
+
+FORMULA_TRIAL = TRIAL.replace(
+    """[[regimens]]
+name = "350 mg"
+dose = 350
+cmt = "central"
+""",
+    """[[regimens]]
+name = "by formula"
+dose = { formula = "0.05 * HT * sex + 1000 * log(WT / 40)", units = { HT = "m" }, levels = { sex = { of = "SEX", F = 90.0, M = 100.0 } }, round = 5, max = 900 }
+unit = "mg"
+cmt = "central"
+
+[patient]
+HT = 170.0
+""",
+)
+
+
+def test_dose_formula_units_levels_rounding_and_a_patient_out_of_its_domain():
+    from twinrx.scenarios import load_scenario
+
+    sc = load_scenario(FORMULA_TRIAL)
+    assert sc.dose_covariates == ("HT", "WT", "SEX")
+    f = sc.regimen("by formula").blocks[0].formula
+    wt = np.array([50.0, 80.0, 30.0, 400.0])
+    sex = np.array(["F", "M", "M", "F"])
+    # HT given in cm, the formula reads metres: 0.05 * 1.7 * 90 = 7.65 for F
+    got = f.amounts({"HT": 170.0, "WT": wt, "SEX": sex}, "test", {"HT": "cm"})
+    raw = 0.05 * 1.7 * np.where(sex == "F", 90.0, 100.0) + 1000 * np.log(wt / 40)
+    np.testing.assert_allclose(got, np.clip(np.round(raw / 5) * 5, 0, 900))
+    assert got[2] == 0.0 and got[3] == 900.0  # clipped at min (0) and max
+    # In a cohort: the formula's covariates from the population; HT (a dose-only covariate of
+    # [patient]) never reaches the simulator. A patient whose formula is NaN is flagged.
+    n = 6
+    rng = np.random.default_rng(1)
+    cl, v = rng.uniform(2, 9, n), rng.uniform(30, 80, n)
+    w = rng.uniform(45, 120, n)
+    w[2] = -1.0  # log of a negative weight: NaN dose
+    covs = {"HT": 170.0, "WT": w, "SEX": np.array(["F", "M"] * 3)}
+    res = cohort.run_arms(
+        sc, {"CL": cl, "V": v, "HT": np.full(n, 170.0)}, key=KEY, weight=np.abs(w), covariates=covs
+    )
+    ok = np.arange(n) != 2
+    dose = f.amounts({**covs, "WT": np.abs(w)}, "test")
+    np.testing.assert_allclose(res.metric[ok, 1, 0], _bolus_auc(dose, cl, v)[ok], rtol=2e-4)
+    assert res.status[2, 1] != 0 and np.isnan(res.metric[2, 1]) and res.status[2, 0] == 0
+    assert (res.status[ok] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "dose,covs,message",
+    [
+        ('{ formula = "WT *" }', {}, "dose formula"),
+        ('{ formula = "x + 1", levels = { y = { of = "SEX", F = 1 } } }', {}, "'y' is not used"),
+        ('{ formula = "x", levels = { x = { F = 1 } } }', {}, "must be a table"),
+        ('{ formula = "2 * WT", round = 1, min = 5, max = 1 }', {}, "min <= max"),
+        ('{ formula = "2 * WT", rounding = 1 }', {}, "unknown key"),
+        ('{ formula = "2 * WT", units = { WT = "blorp" } }', {}, "dose units WT"),
+        ('{ formula = "2 * AGE" }', {"WT": 1.0}, "reads 'AGE', which the patient does not have"),
+        ('{ formula = "s", levels = { s = { of = "SEX", F = 1 } } }', {"SEX": "M"}, "no value for SEX = M"),
+        ('{ formula = "2 * SEX" }', {"SEX": "M"}, "categorical"),
+        ('{ formula = "log(WT - 100)" }', {"WT": 70.0}, "gives nan"),
+    ],
+)
+def test_dose_formula_errors_name_the_regimen_and_the_fix(dose, covs, message):
+    from twinrx.scenarios import load_scenario
+
+    text = TRIAL.replace('dose = 350\ncmt = "central"', f'dose = {dose}\ncmt = "central"')
+    with pytest.raises(ValueError, match=message) as err:
+        sc = load_scenario(text)
+        sc.regimen("350 mg").blocks[0].formula.amounts(covs, "regimen '350 mg'")
+    assert "350 mg" in str(err.value)

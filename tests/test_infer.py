@@ -62,6 +62,33 @@ def test_observation_m3_and_padding():
     assert lp[0, 0] == pytest.approx(st.norm(2.0, 0.5).logpdf(2.4))
     assert lp[0, 1] == pytest.approx(st.norm(1.0, 0.5).logcdf(0.8))  # M3: P(y < LLOQ)
     assert lp[0, 2] == 0.0
+    # Without censored observations (known from the data) only the densities are computed.
+    exact = Observation(
+        "additive",
+        f,
+        0.5,
+        0.0,
+        np.zeros((1, 3)),
+        np.zeros((1, 3)),
+        np.array([[True, True, False]]),
+        censored=False,
+    )
+    lp = np.asarray(exact.log_prob(np.array([[2.4, 0.8, 1.0]])))
+    np.testing.assert_allclose(lp[0, :2], st.norm([2.0, 1.0], 0.5).logpdf([2.4, 0.8]), rtol=1e-12)
+    assert lp[0, 2] == 0.0
+
+
+def test_fit_data_knows_which_outputs_are_censored():
+    m, cohort, _ = _cohort(n=3)
+    assert FitData.from_cohort(m, cohort).censored == ()
+    p = cohort[1]
+    s = p.series["CP"]
+    blq = Series(
+        "CP", "mg/L", s.time, s.value, kind="response", censored=np.r_[np.zeros(s.time.size - 1), -1]
+    )
+    p2 = Patient(p.id, series={"CP": blq}, dosing=p.dosing)
+    data = FitData.from_cohort(m, Cohort((cohort[0], p2, cohort[2])))
+    assert data.censored == ("CP",) and data.select([0]).censored == ("CP",)
 
 
 def test_default_priors_follow_values_and_bounds():

@@ -498,13 +498,19 @@ def test_titration_rules_match_a_hand_written_loop_per_draw():
 # ------------------------------------------------------------------------------ shipped scenarios
 def test_warfarin_scenario_starts_at_the_iwpc_dose_and_titrates_by_the_nomogram():
     sc = load_scenario(ROOT / "scenarios" / "warfarin_genotype_guided.toml")
-    assert dict(sc.patient) == {"AGE": 65.0, "CYP2C9": "*1/*3", "VKORC1": "GA"}
+    assert {k: v for k, v in sc.patient if k in ("AGE", "CYP2C9", "VKORC1", "HT", "WT")} == {
+        "AGE": 65.0,
+        "CYP2C9": "*1/*3",
+        "VKORC1": "GA",
+        "HT": 170.0,
+        "WT": 75.0,
+    }
     # IWPC pharmacogenetic algorithm (NEJM 2009;360:753) for the documented patient: 6 decades,
     # 170 cm, 75 kg, VKORC1 A/G, CYP2C9 *1/*3, White, no inducer or amiodarone.
     weekly = (5.6044 - 0.2614 * 6 + 0.0087 * 170 + 0.0128 * 75 - 0.8677 - 0.9357) ** 2
     assert weekly / 7 == pytest.approx(3.12, abs=0.01)
-    iwpc = sc.regimen("IWPC 3 mg daily + INR nomogram")
-    assert abs(iwpc.blocks[0].amount - weekly / 7) < 0.25
+    iwpc = sc.regimen("IWPC dose daily + INR nomogram")
+    assert abs(iwpc.blocks[0].formula.amounts(dict(sc.patient), "test") - weekly / 7) < 0.25
     assert [t.tolist() for t in (iwpc.rules[0].times(sc.horizon),)] == [[96.0, 168.0, 336.0, 504.0]]
     ds = compare(sc, key=jax.random.key(11), n=24)
     assert ds.attrs["failed_draws"] == 0
@@ -514,13 +520,13 @@ def test_warfarin_scenario_starts_at_the_iwpc_dose_and_titrates_by_the_nomogram(
     # More drug, more effect, draw by draw: the untitrated 5 mg peak INR is above the 3 mg one.
     peak = ds["peak INR"]
     assert np.all(
-        peak.sel(regimen="5 mg daily, no titration") > peak.sel(regimen="IWPC 3 mg daily, no titration")
+        peak.sel(regimen="5 mg daily, no titration") > peak.sel(regimen="IWPC dose daily, no titration")
     )
     # Four decisions, each a factor of 1.15, 1.10, 1, 0.90 or 0.85: the last dose is the start
     # times a product of four of them; some draws were titrated.
     steps = np.array([1.15, 1.10, 1.0, 0.90, 0.85])
     reachable = np.unique(np.prod(np.stack(np.meshgrid(steps, steps, steps, steps)).reshape(4, -1), axis=0))
-    for name, start in (("5 mg daily + INR nomogram", 5.0), ("IWPC 3 mg daily + INR nomogram", 3.0)):
+    for name, start in (("5 mg daily + INR nomogram", 5.0), ("IWPC dose daily + INR nomogram", 3.0)):
         ratio = ds["last_dose"].sel(regimen=name).values / start
         assert np.all(np.min(np.abs(ratio[:, None] - reachable[None, :]), axis=1) < 1e-9)
         assert np.any(ratio != 1.0)

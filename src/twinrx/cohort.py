@@ -1259,6 +1259,13 @@ def scenario_population(scenario) -> PopulationSpec:
         raise ValueError(f"scenario {scenario.name!r} [population]: {err}") from None
 
 
+def dose_covariates(scenario, population: Population) -> dict[str, Any]:
+    """What dose formulas read for each patient: the population's covariates (categorical
+    ones as level names, ``ANCESTRY`` and genotypes included) and, for what the population
+    does not draw, the scenario's ``[patient]`` values (the same for every patient)."""
+    return {**dict(scenario.patient), **population.covariates}
+
+
 def patient_weight(population: Population):
     """Each patient's ``WT`` in kg (converted from its unit), or None without ``WT``."""
     if "WT" not in population.covariates or "WT" in population.levels:
@@ -1314,7 +1321,16 @@ def _patient_overrides(scenario, params: Mapping[str, Any], have: Mapping[str, A
     return out
 
 
-def run_arms(scenario, params: Mapping[str, Any], *, key, weight=None, trajectories: int = 0) -> ArmResults:
+def run_arms(
+    scenario,
+    params: Mapping[str, Any],
+    *,
+    key,
+    weight=None,
+    covariates: Mapping[str, Any] | None = None,
+    units: Mapping[str, str] | None = None,
+    trajectories: int = 0,
+) -> ArmResults:
     """Every patient of ``params`` under every arm of ``scenario``: the chunk kernel of a
     cohort run.
 
@@ -1327,6 +1343,9 @@ def run_arms(scenario, params: Mapping[str, Any], *, key, weight=None, trajector
         every arm: a paired design with common random numbers), ``fold_in(key, 2)`` the
         scenario's within-patient variability.
     weight : each patient's weight in kg ``(n,)`` for per-kg doses (default: ``params["WT"]``).
+    covariates, units : each patient's covariates ``{name: (n,)}`` (categorical ones as level
+        names) and their units, for dose formulas (default: ``params`` and the scenario's
+        ``[patient]``); see :func:`dose_covariates`.
     trajectories : keep the outputs of the first this many patients.
 
     A patient whose solve fails under an arm has status != 0 there and NaN metrics; the
@@ -1353,7 +1372,7 @@ def run_arms(scenario, params: Mapping[str, Any], *, key, weight=None, trajector
     traj = np.empty((k, A, len(outputs), times.size))
     for a, (_, reg) in enumerate(arms):
         grid, out, st, plan, amt, taken, time = _simulate_regimen(
-            model, scenario, reg, draws, akey, weight=weight
+            model, scenario, reg, draws, akey, weight=weight, covariates=covariates, units=units
         )
         status[:, a] = st
         bad = st != 0
@@ -1457,6 +1476,8 @@ def simulate_chunk(
         params,
         key=jax.random.fold_in(jax.random.fold_in(key, index), 2),
         weight=patient_weight(pop),
+        covariates=dose_covariates(scenario, pop),
+        units=pop.units,
         trajectories=max(0, min(trajectories - start, size)),
     )
     return _head_population(pop, m, start, n), res.head(m)

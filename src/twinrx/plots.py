@@ -738,6 +738,9 @@ def scenario_comparison(
         sub = _subsample(draws, idx, n)
         w = sub.get("WT")
         weight = None if w is None else float(np.asarray(w).reshape(-1)[0])
+        # one patient's covariates for dose formulas (a twin's draws share them)
+        first = {k: (v if isinstance(v, str) else np.asarray(v).reshape(-1)[0]) for k, v in sub.items()}
+        covariates = {**dict(getattr(scenario, "patient", ())), **first}
         step = max(scenario.step, scenario.horizon / 600.0)
         base = np.arange(0.0, scenario.horizon + 1e-9, step)
         colors = [f"C{i}" for i in range(10)]
@@ -747,10 +750,11 @@ def scenario_comparison(
             # the scenario's background doses (a meal, a co-medication) are in every band
             background = tuple(getattr(scenario, "background", ()))
             ev = dataclasses.replace(reg, blocks=(*background, *reg.blocks)).events(
-                model, scenario.horizon, weight
+                model, scenario.horizon, weight, covariates
             )
             grid = np.unique(np.concatenate([base, np.asarray(ev.time)]))
-            _, out, status = simulate_arrays(model, sub, _tile(ev, idx.size), jnp.asarray(grid), devices=1)
+            inputs = scenario.model_inputs(sub)
+            _, out, status = simulate_arrays(model, inputs, _tile(ev, idx.size), jnp.asarray(grid), devices=1)
             c = np.where((np.asarray(status) != 0)[:, None], np.nan, np.asarray(out[o]))
             lo, med, hi = _nanquantile(c, [0.05, 0.5, 0.95])
             lows.append(lo)
@@ -824,8 +828,8 @@ def pair_plot(
     patient: int | str | None = None,
     path: str | Path | None = None,
 ) -> Figure:
-    """Posterior pair plot: marginal histograms on the diagonal, pairs below it (points, or
-    hexagonal bins above 2000 draws).
+    """Posterior pair plot (ArviZ's ``plot_pair``): marginal densities on the diagonal, the
+    draws' pairs below it (divergent transitions marked), axes labelled with units.
 
     Default ``names``: the typical values of a population fit, or, with ``patient`` (or for
     an individual fit, whose typical values are held), the patient's individual values
@@ -857,52 +861,41 @@ def pair_plot(
             per = [n for n in names if flat[n].ndim == 2]
             raise ValueError(f"{per} are per-patient sites: give patient= (an index or a pseudonymous id)")
         j = _patient_index(fit, 0 if patient is None else patient)
-    cols = []
+    posterior = {}
     for n in names:
-        v = flat[n]
-        if v.ndim not in (1, 2):
-            raise ValueError(f"{n!r} is not a scalar site (shape {v.shape[1:]})")
-        cols.append(np.asarray(v if v.ndim == 1 else v[:, j], float))
-    if not cols:
+        v = np.asarray(fit.samples[n], float)  # (chain, draw) or (chain, draw, patient)
+        if v.ndim not in (2, 3):
+            raise ValueError(f"{n!r} is not a scalar site (shape {v.shape[2:]})")
+        posterior[n] = v if v.ndim == 2 else v[:, :, j]
+    if not posterior:
         raise ValueError("no sites to plot: give names=")
-    k = len(cols)
-    fig, axes = _figure(k, k, size=(2.3 * k + 1.0, 2.3 * k + 0.6))
-    from matplotlib.ticker import MaxNLocator
+    import arviz_plots
+    from arviz_base import from_dict
+    from arviz_base.labels import BaseLabeller
 
-    labels = [_label(n, _site_unit(fit, n)) for n in names]
-    lims = []
-    for v in cols:
-        lo, hi = float(np.min(v)), float(np.max(v))
-        pad = 0.05 * (hi - lo) if hi > lo else 0.05 * (abs(lo) or 1.0)
-        lims.append((lo - pad, hi + pad))
-    for r in range(k):
-        for c in range(k):
-            ax = axes[r, c]
-            if c > r:
-                ax.set_axis_off()
-                continue
-            if r == c:
-                ax.hist(cols[r], bins=int(np.clip(np.sqrt(S), 10, 40)), color="tab:blue", alpha=0.75)
-                ax.set_yticks([])
-            elif S > 2000:
-                ax.hexbin(cols[c], cols[r], gridsize=30, cmap="Blues", mincnt=1)
-            else:
-                ax.plot(cols[c], cols[r], ".", color="tab:blue", ms=2.5, alpha=0.5)
-            if r == k - 1:
-                ax.set_xlabel(labels[c], fontsize="small")
-            else:
-                ax.tick_params(labelbottom=False)
-            if c == 0 and r > 0:
-                ax.set_ylabel(labels[r], fontsize="small")
-            elif r == c:
-                ax.set_ylabel("draws (count)" if c == 0 else "", fontsize="small")
-            if c > 0 and r != c:
-                ax.tick_params(labelleft=False)
-            ax.set_xlim(*lims[c])
-            ax.xaxis.set_major_locator(MaxNLocator(4))
-            ax.yaxis.set_major_locator(MaxNLocator(4))
-            if r != c:
-                ax.set_ylim(*lims[r])
+    units = {n: _site_unit(fit, n) for n in names}
+
+    class _Units(BaseLabeller):
+        def var_name_to_str(self, var_name):
+            return _label(str(var_name), units.get(str(var_name)))
+
+    groups = {"posterior": posterior}
+    div = fit.stats.get("diverging")
+    if div is not None and np.ndim(div) >= 2:
+        d = np.asarray(div, bool)
+        if d.ndim == 3:  # per-patient samplers: this patient's (any patient's for population sites)
+            d = d[:, :, j] if j is not None else d.any(axis=2)
+        groups["sample_stats"] = {"diverging": d}
+    k = len(names)
+    pc = arviz_plots.plot_pair(
+        from_dict(groups),
+        var_names=names,
+        backend="matplotlib",
+        marginal=True,
+        labeller=_Units(),
+        figure_kwargs={"figsize": (2.3 * k + 1.0, 2.3 * k + 0.6)},
+    )
+    fig = pc.viz["figure"].item()
     who = f"patient {fit.data.ids[j]}" if j is not None else "population"
     fig.suptitle(f"Posterior of {fit.model.name}, {who} ({fit.method}, {S} draws)", fontsize="medium")
     return _save(fig, path)

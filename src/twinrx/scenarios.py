@@ -62,11 +62,96 @@ _EPS = 1e-6  # h: a trough is read this long before the dose that ends its windo
 
 # ------------------------------------------------------------------------------ regimens
 @dataclasses.dataclass(frozen=True)
+class DoseFormula:
+    """A dose computed for each patient from covariates: a dosing algorithm (IWPC's
+    pharmacogenetic warfarin dose, a renal-function nomogram) written as a card expression
+    (:mod:`twinrx.model.expr`).
+
+    ``text`` reads continuous covariates by name (``AGE``, ``HT``, ``WT``, ``CRCL``, in
+    ``units`` where given: a cohort's covariates are converted to them) and categorical
+    ones through ``levels``: ``(symbol, covariate, ((level, value), ...))`` gives ``symbol``
+    the value of the patient's level (every level the patients have must be listed). The
+    result, times ``scale`` (the dose unit's conversion to the compartment's), is rounded to
+    a multiple of ``round_to`` (when > 0: tablet strengths) and kept within ``[min_dose,
+    max_dose]``. A patient whose formula is not finite (a covariate out of its domain) gets
+    NaN: that patient's solve fails and is flagged, the others complete."""
+
+    text: str
+    levels: tuple[tuple[str, str, tuple[tuple[str, float], ...]], ...] = ()
+    units: tuple[tuple[str, str], ...] = ()
+    round_to: float = 0.0
+    min_dose: float = 0.0
+    max_dose: float = math.inf
+    scale: float = 1.0
+
+    @property
+    def covariates(self) -> tuple[str, ...]:
+        """The covariates the formula reads (directly or through ``levels``)."""
+        from .model.expr import Expr
+
+        symbols = {sym for sym, _, _ in self.levels}
+        direct = [n for n in sorted(Expr.parse(self.text).symbols) if n not in symbols]
+        return tuple(dict.fromkeys([*direct, *(cov for _, cov, _ in self.levels)]))
+
+    def amounts(self, values: Mapping[str, Any], who: str, units: Mapping[str, str] | None = None):
+        """The dose for each patient: a number for scalar ``values`` (one patient), else an
+        array ``(n,)``. ``units``: the units ``values`` are in (a cohort's), converted to
+        the formula's ``units``."""
+        from .model.expr import Expr
+
+        def get(name):
+            if name not in values:
+                raise ValueError(
+                    f"{who}: the dose formula reads {name!r}, which the patient does not have; give it in "
+                    "[patient] (or the cohort's [population.covariates])"
+                )
+            return values[name]
+
+        env = {}
+        want = dict(self.units)
+        for sym, cov, table in self.levels:
+            lookup = dict(table)
+            got = np.asarray(get(cov), dtype=object)
+            unknown = sorted({str(v) for v in np.atleast_1d(got)} - set(lookup))
+            if unknown:
+                raise ValueError(
+                    f"{who}: the dose formula's {sym!r} has no value for {cov} = {', '.join(unknown)}; "
+                    f"it lists {', '.join(lookup)}"
+                )
+            env[sym] = np.array([float(lookup[str(v)]) for v in np.atleast_1d(got)]).reshape(got.shape)
+        symbols = {sym for sym, _, _ in self.levels}
+        for name in self.covariates:
+            if name in symbols or name in {cov for _, cov, _ in self.levels}:
+                continue
+            v = get(name)
+            if isinstance(v, str) or np.asarray(v).dtype.kind in "OUS":
+                raise ValueError(
+                    f"{who}: the dose formula reads {name!r} as a number, but it is categorical ({v!r}); "
+                    f"map its levels to numbers: levels = {{ x = {{ of = {name!r}, ... }} }}"
+                )
+            a = np.asarray(v, float)
+            have = (units or {}).get(name)
+            if name in want and have:
+                a = a * conversion(have, want[name])
+            env[name] = a
+        with np.errstate(invalid="ignore"):
+            dose = np.asarray(Expr.parse(self.text)(env), float) * self.scale
+            if self.round_to > 0:
+                dose = np.round(dose / self.round_to) * self.round_to
+            dose = np.where(np.isfinite(dose), np.clip(dose, self.min_dose, self.max_dose), np.nan)
+        if dose.ndim == 0:
+            if not np.isfinite(dose):
+                raise ValueError(f"{who}: the dose formula gives {float(dose)} for this patient")
+            return float(dose)
+        return dose
+
+
+@dataclasses.dataclass(frozen=True)
 class DoseBlock:
     """A repeated dose: ``amount`` (in the compartment's amount unit, or per kg of ``WT``
-    when ``per_kg``) every ``every`` hours from ``start``, ``count`` times (or until
-    ``stop``, or to the horizon), into compartment ``cmt``, as a bolus or an infusion of
-    ``duration`` h."""
+    when ``per_kg``), or each patient's own from ``formula``, every ``every`` hours from
+    ``start``, ``count`` times (or until ``stop``, or to the horizon), into compartment
+    ``cmt``, as a bolus or an infusion of ``duration`` h."""
 
     amount: float
     cmt: str
@@ -76,6 +161,7 @@ class DoseBlock:
     stop: float | None = None
     duration: float = 0.0
     per_kg: bool = False
+    formula: DoseFormula | None = None
 
     def times(self, horizon: float) -> np.ndarray:
         if self.every is None:
@@ -243,32 +329,40 @@ class Regimen:
     adherence: Adherence | None = None
     rules: tuple[Rule, ...] = ()
 
-    def doses(self, model, horizon: float, weight=None):
+    def doses(self, model, horizon: float, weight=None, covariates: Mapping[str, Any] | None = None):
         """(time, amount, compartment index, duration) of every dose, sorted by time.
 
         ``weight`` (kg) scales the per-kg doses: a number (one patient), or an array
-        ``(n,)`` (one weight per patient), which makes the amounts ``(n, R)``."""
-        rows = _block_rows(self.blocks, model, horizon, weight, f"regimen {self.name!r}")
+        ``(n,)`` (one weight per patient), which makes the amounts ``(n, R)``; likewise the
+        ``covariates`` a dose formula reads (:class:`DoseFormula`)."""
+        rows = _block_rows(self.blocks, model, horizon, weight, f"regimen {self.name!r}", covariates)
         if not rows:
             raise ValueError(f"regimen {self.name!r} gives no dose within the horizon ({horizon} h)")
         rows.sort(key=lambda r: r[0])
-        t, a, c, d, kg = (np.asarray(x) for x in zip(*rows))
+        t, a, c, d, kg = zip(*rows)
         return (
-            t.astype(float),
-            _per_kg(a.astype(float), kg.astype(bool), weight),
-            c.astype(int),
-            d.astype(float),
+            np.asarray(t, float),
+            _per_kg(a, np.asarray(kg, bool), weight),
+            np.asarray(c, int),
+            np.asarray(d, float),
         )
 
-    def events(self, model, horizon: float, weight: float | None = None) -> EventTable:
+    def events(
+        self, model, horizon: float, weight: float | None = None, covariates: Mapping[str, Any] | None = None
+    ) -> EventTable:
         """The planned doses (full adherence, no rules) as one patient's events."""
-        t, a, c, d = self.doses(model, horizon, weight)
+        t, a, c, d = self.doses(model, horizon, weight, covariates)
+        if np.ndim(a) != 1:
+            raise ValueError(
+                f"regimen {self.name!r}: events of one patient need one patient's weight and covariates"
+            )
         rate = np.where(d > 0, a / np.where(d > 0, d, 1.0), 0.0)
         return EventTable.from_records(t, np.ones_like(c), a, c + 1, rate=rate, n_cmt=model.n_state)
 
 
-def _block_rows(blocks, model, horizon, weight, who):
-    """(time, amount per dose or per kg, compartment index, duration, per kg) of each dose."""
+def _block_rows(blocks, model, horizon, weight, who, covariates=None, units=None):
+    """(time, amount per dose or per kg, compartment index, duration, per kg) of each dose;
+    the amount of a formula dose is a number or an array ``(n,)`` (one per patient)."""
     rows = []
     for b in blocks:
         if b.per_kg and weight is None:
@@ -276,18 +370,30 @@ def _block_rows(blocks, model, horizon, weight, who):
                 f"{who} doses per kg, but the patient has no weight: give WT in "
                 "[patient] (or the twin's data, or the cohort's [population])"
             )
+        amount = b.amount
+        if b.formula is not None:
+            if covariates is None:
+                raise ValueError(f"{who}: a dose formula needs the patient's covariates")
+            amount = b.formula.amounts(covariates, who, units)
         ci = model.compartment_index(b.cmt)
-        rows += [(float(t), b.amount, ci, b.duration, b.per_kg) for t in b.times(horizon)]
+        rows += [(float(t), amount, ci, b.duration, b.per_kg) for t in b.times(horizon)]
     return rows
 
 
-def _per_kg(amount: np.ndarray, per_kg: np.ndarray, weight) -> np.ndarray:
-    """Amounts ``(R,)`` with the per-kg ones times ``weight``: ``(R,)`` for one weight,
-    ``(n, R)`` for an array of ``n`` weights (a cohort: one per patient)."""
+def _per_kg(amounts, per_kg: np.ndarray, weight) -> np.ndarray:
+    """Amounts ``(R,)`` (numbers, or arrays ``(n,)`` for per-patient formula doses) with the
+    per-kg ones times ``weight``: ``(R,)`` for one patient, ``(n, R)`` when the weight or
+    any amount is per patient (a cohort)."""
+    n = {np.size(a) for a in amounts if np.ndim(a)} | ({np.size(weight)} if np.ndim(weight) else set())
+    if len(n) > 1:
+        raise ValueError(f"per-patient doses and weights disagree on the number of patients: {sorted(n)}")
+    amount = np.stack(np.broadcast_arrays(*[np.asarray(a, float) for a in amounts]), -1) if n else None
+    if amount is None:
+        amount = np.asarray(amounts, float).reshape(-1)
     if weight is None or not per_kg.any():
         return amount
     w = np.asarray(weight, float)
-    return np.where(per_kg, amount * w[..., None], amount) if w.ndim else np.where(per_kg, amount * w, amount)
+    return np.where(per_kg, amount * (w[..., None] if w.ndim else w), amount)
 
 
 def with_amounts(events: EventTable, amounts) -> EventTable:
@@ -408,6 +514,18 @@ class Scenario:
             return tuple((a, self.regimen(r)) for a, r in self.arms)
         return tuple((r.name, r) for r in self.regimens)
 
+    @property
+    def dose_covariates(self) -> tuple[str, ...]:
+        """The covariates the dose formulas of the regimens and background doses read."""
+        blocks = [b for r in self.regimens for b in r.blocks] + list(self.background)
+        return tuple(dict.fromkeys(c for b in blocks if b.formula is not None for c in b.formula.covariates))
+
+    def model_inputs(self, draws: Mapping[str, Any]) -> dict[str, Any]:
+        """``draws`` without the covariates only dose formulas read (height for a dosing
+        algorithm, say): the simulator refuses names its model does not read."""
+        only = set(self.dose_covariates) - set(get_model(self.model).input_names)
+        return {k: v for k, v in draws.items() if k not in only}
+
     def regimen(self, name: str) -> Regimen:
         for r in self.regimens:
             if r.name == name:
@@ -444,6 +562,44 @@ def _cmt_unit(model, cmt: str) -> str:
     return units[model.compartment_index(cmt)] if units else model.amount_unit
 
 
+def _formula(spec: Mapping[str, Any], scale: float, where: str) -> DoseFormula:
+    """A dose table: ``{ formula = "...", levels = {...}, units = {...}, round = , min = , max = }``."""
+    from .model.expr import Expr, ExprError
+
+    _unknown(spec, {"formula", "levels", "units", "round", "min", "max"}, f"{where} dose")
+    if "formula" not in spec:
+        raise ValueError(
+            f'{where}: a dose table needs a formula of covariates, e.g. dose = {{ formula = "0.5 * WT" }}'
+        )
+    text = str(spec["formula"])
+    try:
+        expr = Expr.parse(text)
+    except ExprError as e:
+        raise ValueError(f"{where}: dose formula: {e}") from None
+    levels = []
+    for sym, table in dict(spec.get("levels", {})).items():
+        if not isinstance(table, Mapping) or "of" not in table or len(table) < 2:
+            raise ValueError(
+                f'{where}: dose levels {sym!r} must be a table {{ of = "COVARIATE", LEVEL = value, ... }}'
+            )
+        if sym not in expr.symbols:
+            raise ValueError(f"{where}: dose levels {sym!r} is not used in the formula {text!r}")
+        values = tuple((str(k), float(v)) for k, v in table.items() if k != "of")
+        levels.append((str(sym), str(table["of"]), values))
+    units = tuple((str(k), str(v)) for k, v in dict(spec.get("units", {})).items())
+    for k, u in units:
+        try:
+            conversion(u, u)  # a unit twinrx knows
+        except Exception as e:
+            raise ValueError(f"{where}: dose units {k} = {u!r}: {e}") from None
+    lo, hi = float(spec.get("min", 0.0)), float(spec.get("max", math.inf))
+    if lo < 0 or hi < lo:
+        raise ValueError(f"{where}: dose min = {lo}, max = {hi}: need 0 <= min <= max")
+    return DoseFormula(
+        text, tuple(levels), units, float(spec.get("round", 0.0)) * scale, lo * scale, hi * scale, scale
+    )
+
+
 def _block(model, spec: Mapping[str, Any], where: str) -> DoseBlock:
     known = {"dose", "unit", "cmt", "every", "start", "count", "stop", "duration", "per_kg"}
     unknown = set(spec) - known
@@ -456,7 +612,12 @@ def _block(model, spec: Mapping[str, Any], where: str) -> DoseBlock:
     per_kg = bool(spec.get("per_kg", False))
     if unit.endswith("/kg"):
         unit, per_kg = unit[: -len("/kg")], True
-    amount = float(spec["dose"]) * conversion(unit, cmt_unit)
+    formula = None
+    if isinstance(spec["dose"], Mapping):  # each patient's own dose, from covariates
+        formula = _formula(spec["dose"], conversion(unit, cmt_unit), where)
+        amount = math.nan
+    else:
+        amount = float(spec["dose"]) * conversion(unit, cmt_unit)
     if amount < 0:
         raise ValueError(f"{where}: dose {spec['dose']} is negative")
     dur = float(spec.get("duration", 0.0))
@@ -474,6 +635,7 @@ def _block(model, spec: Mapping[str, Any], where: str) -> DoseBlock:
         stop=None if spec.get("stop") is None else float(spec["stop"]),
         duration=dur,
         per_kg=per_kg,
+        formula=formula,
     )
 
 
@@ -892,16 +1054,19 @@ class _Plan:
     base: EventTable
 
     @staticmethod
-    def build(model, scenario: Scenario, reg: Regimen, weight) -> _Plan:
+    def build(model, scenario: Scenario, reg: Regimen, weight, covariates=None, units=None) -> _Plan:
         """``weight``: a number, or an array ``(n,)`` (one per patient: then ``amt`` is
-        ``(n, R)``)."""
+        ``(n, R)``); ``covariates`` (and their ``units``) for dose formulas, likewise."""
+        who = f"regimen {reg.name!r}"
         rows = [
             (*r[:4], 1, None, r[4])
-            for r in _block_rows(reg.blocks, model, scenario.horizon, weight, f"regimen {reg.name!r}")
+            for r in _block_rows(reg.blocks, model, scenario.horizon, weight, who, covariates, units)
         ]
         rows += [
             (*r[:4], 0, None, r[4])
-            for r in _block_rows(scenario.background, model, scenario.horizon, weight, "[[background]]")
+            for r in _block_rows(
+                scenario.background, model, scenario.horizon, weight, "[[background]]", covariates, units
+            )
         ]
         first = reg.blocks[0]
         for i, rule in enumerate(reg.rules):
@@ -915,7 +1080,7 @@ class _Plan:
             raise ValueError(f"regimen {reg.name!r} gives no dose within the horizon ({scenario.horizon} h)")
         rows.sort(key=lambda r: (r[0], -r[4]))  # own doses first at equal times
         time, amt, cmt, dur, kind, slot, kg = zip(*rows, strict=True)
-        time, amt, dur = (np.asarray(x, float) for x in (time, amt, dur))
+        time, dur = (np.asarray(x, float) for x in (time, dur))
         cmt, kind = np.asarray(cmt, int), np.asarray(kind, int)
         amt = _per_kg(amt, np.asarray(kg, bool), weight)
         rate = np.where(dur > 0, 1.0 / np.where(dur > 0, dur, 1.0), 0.0)  # placeholder amount 1
@@ -977,17 +1142,33 @@ def _metric(tg: Target, grid, c):
     return np.asarray(jax.vmap(tg.value)(jnp.asarray(grid), c))
 
 
-def _simulate_regimen(model, scenario: Scenario, reg: Regimen, draws, key, *, weight=None, grid=None):
+def _simulate_regimen(
+    model,
+    scenario: Scenario,
+    reg: Regimen,
+    draws,
+    key,
+    *,
+    weight=None,
+    grid=None,
+    covariates=None,
+    units=None,
+):
     """Simulate one regimen on every draw, deciding its rules per draw on the way.
 
     ``weight`` (kg, a number or ``(n,)``) scales per-kg doses (default: the draws' ``WT``);
-    ``grid`` replaces the regimen's output grid (before the dose times are added).
+    ``covariates`` (in ``units``) are what dose formulas read (default: the draws' and the
+    scenario's ``[patient]``); ``grid`` replaces the regimen's output grid (before the dose
+    times are added).
 
     Returns the per-draw grid ``(n, T)``, outputs ``{name: (n, T)}``, status ``(n,)``, the
     plan, the planned amounts after the rules ``(n, R)``, the fraction of each dose taken
     and its actual time (each ``(n, R)``)."""
     n = _n_draws(draws)
-    plan = _Plan.build(model, scenario, reg, _weight(draws) if weight is None else weight)
+    if covariates is None:
+        covariates = {**dict(scenario.patient), **draws}
+    plan = _Plan.build(model, scenario, reg, _weight(draws) if weight is None else weight, covariates, units)
+    draws = scenario.model_inputs(draws)
     taken, time = plan.adherence(reg, n, key)
     amt = np.broadcast_to(plan.amt, (n, len(plan.time))).copy()
     grid = _dose_grid(scenario.regimen_grid(reg) if grid is None else grid, time)
@@ -1190,7 +1371,8 @@ def optimise(
         )
     draws = _scenario_draws(model, scenario, draws, None if key is None else jax.random.fold_in(key, 2))
     n = _n_draws(draws)
-    plan = _Plan.build(model, scenario, reg, _weight(draws))
+    plan = _Plan.build(model, scenario, reg, _weight(draws), {**dict(scenario.patient), **draws})
+    draws = scenario.model_inputs(draws)
     taken, time = plan.adherence(reg, n, None if key is None else jax.random.fold_in(key, 1))
     grid = jnp.asarray(_dose_grid(scenario.grid([tg]), time))  # the target's window only
     width = (

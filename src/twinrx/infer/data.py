@@ -51,6 +51,9 @@ class FitData(eqx.Module):
     # known while the events are traced).
     plain_doses: bool = eqx.field(static=True, default=False)
     infusions: bool = eqx.field(static=True, default=True)  # any dose record with RATE != 0
+    # Outputs with censored observations (M3); None: not known, treat every output as such.
+    # The others skip the censored likelihood's log-CDFs (and their gradients).
+    censored: tuple[str, ...] | None = eqx.field(static=True, default=None)
 
     @property
     def n_patients(self) -> int:
@@ -70,6 +73,7 @@ class FitData(eqx.Module):
             units=self.units,
             plain_doses=self.plain_doses,
             infusions=self.infusions,
+            censored=self.censored,
         )
 
     def anonymous(self) -> FitData:
@@ -84,6 +88,7 @@ class FitData(eqx.Module):
             units=self.units,
             plain_doses=self.plain_doses,
             infusions=self.infusions,
+            censored=self.censored,
         )
 
     # ------------------------------------------------------------------ constructors
@@ -247,6 +252,7 @@ class FitData(eqx.Module):
             units=tuple((o, out_unit[o]) for o in used),
             plain_doses=not resets_or_steady_states(events),
             infusions=bool(np.any((np.asarray(events.rate) != 0) & np.asarray(events.mask))),
+            censored=tuple(o for o, ob in obs.items() if np.any(np.asarray(ob.cens) != 0)),
         )
 
     @classmethod

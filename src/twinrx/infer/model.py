@@ -52,11 +52,14 @@ class Observation(dist.Distribution):
 
     support = constraints.real
 
-    def __init__(self, kind, f, additive, proportional, cens, limit, mask, *, validate_args=None):
+    def __init__(
+        self, kind, f, additive, proportional, cens, limit, mask, *, censored=True, validate_args=None
+    ):
         self.kind = kind
         self.f, self.valid = f, mask
         self.additive, self.proportional = additive, proportional
         self.cens, self.limit = cens, limit
+        self.censored = censored  # False: no observation is censored (static; skip the CDFs)
         super().__init__(batch_shape=jnp.shape(f), validate_args=validate_args)
 
     def _safe(self, x):
@@ -68,9 +71,11 @@ class Observation(dist.Distribution):
 
     def log_prob(self, value):
         f, y = self._safe(self.f), self._safe(value)
-        limit = jnp.where(self.cens != 0, self._safe(self.limit), y)
         a, b, k = self.additive, self.proportional, self.kind
         exact = residual_logpdf(k, y, f, a, b)
+        if not self.censored:
+            return jnp.where(self.valid, exact, 0.0)
+        limit = jnp.where(self.cens != 0, self._safe(self.limit), y)
         below = residual_logcdf(k, limit, f, a, b)
         above = residual_logcdf(k, limit, f, a, b, upper=True)
         lp = jnp.where(self.cens < 0, below, jnp.where(self.cens > 0, above, exact))
@@ -363,7 +368,12 @@ class PopulationModel:
                 a, b = 0.0, s[0]
             else:
                 a, b = s[0], 0.0
-            numpyro.sample(o, Observation(spec.kind, f, a, b, ob.cens, ob.limit, ob.mask), obs=ob.value)
+            censored = data.censored is None or o in data.censored
+            numpyro.sample(
+                o,
+                Observation(spec.kind, f, a, b, ob.cens, ob.limit, ob.mask, censored=censored),
+                obs=ob.value,
+            )
         return outputs
 
     # ---------------------------------------------------------------------- storage
