@@ -167,8 +167,7 @@ STAN_POP_CLOSED = (
 """
 )
 
-STAN_POP_ODE = (
-    r"""
+_RHS = r"""
 functions {
   vector rhs(real t, vector a, real CL, real V, real KA) {
     vector[2] da;
@@ -177,7 +176,11 @@ functions {
     return da;
   }
 }
-data {"""
+"""
+
+STAN_POP_ODE = (
+    _RHS
+    + r"""data {"""
     + _DATA
     + r"""
   array[N] int<lower=0, upper=K> n_zero;  // leading observations at the dose time (t = 0)
@@ -324,16 +327,9 @@ def timed(fn, *args, **kwargs):
 
 
 # ------------------------------------------------------------------------------ Stan
-STAN_INDIVIDUAL_ODE = r"""
-functions {
-  vector rhs(real t, vector a, real CL, real V, real KA) {
-    vector[2] da;
-    da[1] = -KA * a[1];
-    da[2] = KA * a[1] - CL / V * a[2];
-    return da;
-  }
-}
-data {
+STAN_INDIVIDUAL_ODE = (
+    _RHS
+    + r"""data {
   int<lower=1> K;
   int<lower=1, upper=K> n_obs;
   vector[K] t_obs;
@@ -362,6 +358,7 @@ model {
   for (k in 1:(n - n_zero)) y[n_zero + k] ~ normal(a[k][2] / Vi, sigma);
 }
 """
+)
 
 
 @contextlib.contextmanager
@@ -593,6 +590,40 @@ def gradient_costs(m, data, settings) -> list[tuple[str, float]]:
     return out
 
 
+def _held(est) -> dict:
+    """The population values an individual Stan fit holds, as Stan data."""
+    return {
+        "theta": [float(est[p]) for p in TYPICAL],
+        "omega": [float(est[f"omega_{p}"]) for p in TYPICAL],
+        "sigma": float(est["sigma_CP"]),
+    }
+
+
+def _twinrx_serial(m, data, n1, kw, settings, label, program):
+    """One twinrx ``fit`` call per patient for the first ``n1`` patients (compiled once
+    beforehand unless ``settings["warm"]`` is False): the row of the serial loop."""
+    if settings["warm"]:
+        fit(m, data.select([0]), **{**kw, "seed": 100})
+    t0, c0 = time.perf_counter(), _compile_seconds[0]
+    ess_one, steps_one, div_one = [], [], 0
+    for i in range(n1):
+        f1 = fit(m, data.select([i]), **{**kw, "seed": 1 + i})
+        ess_one.append(min(float(ess_bulk(f1.samples[f"z_{p}"][..., 0])) for p in TYPICAL))
+        steps_one.append(float(np.mean(f1.stats["n_steps"])))
+        div_one += int(np.sum(f1.stats["diverging"]))
+    t_one = time.perf_counter() - t0
+    return _row(
+        label,
+        program,
+        t_one,
+        float(np.sum(ess_one)),
+        compile=_compile_seconds[0] - c0,
+        steps=float(np.mean(steps_one)),
+        divergent=div_one,
+        notes=f"worst patient ESS {min(ess_one):.0f}; {t_one / n1:.2f} s per patient",
+    )
+
+
 def individual_case(m, popfit, n, settings):
     est = population_estimates(popfit)
     frame = simulate_patients(n, est, seed=settings["seed"] + 11)
@@ -623,34 +654,10 @@ def individual_case(m, popfit, n, settings):
     # One patient at a time (the precision-dosing call): a serial loop over the first
     # patients, each call compiled once beforehand (same shapes: one compilation).
     n1 = min(n, settings["n_serial"])
-    if settings["warm"]:
-        fit(m, data.select([0]), **{**kw, "seed": 100})
-    t0, c0 = time.perf_counter(), _compile_seconds[0]
-    ess_one, steps_one, div_one = [], [], 0
-    for i in range(n1):
-        f1 = fit(m, data.select([i]), **{**kw, "seed": 1 + i})
-        ess_one.append(min(float(ess_bulk(f1.samples[f"z_{p}"][..., 0])) for p in TYPICAL))
-        steps_one.append(float(np.mean(f1.stats["n_steps"])))
-        div_one += int(np.sum(f1.stats["diverging"]))
-    t_one = time.perf_counter() - t0
     one_label = f"1 patient per call ({n1} patients, serial), individual NUTS"
-    rows.append(
-        _row(
-            one_label,
-            "twinrx, serial loop (one call per patient, sampler='auto': per patient)",
-            t_one,
-            float(np.sum(ess_one)),
-            compile=_compile_seconds[0] - c0,
-            steps=float(np.mean(steps_one)),
-            divergent=div_one,
-            notes=f"worst patient ESS {min(ess_one):.0f}; {t_one / n1:.2f} s per patient",
-        )
-    )
-    fixed = {
-        "theta": [float(est[p]) for p in TYPICAL],
-        "omega": [float(est[f"omega_{p}"]) for p in TYPICAL],
-        "sigma": float(est["sigma_CP"]),
-    }
+    program = "twinrx, serial loop (one call per patient, sampler='auto': per patient)"
+    rows.append(_twinrx_serial(m, data, n1, kw, settings, one_label, program))
+    fixed = _held(est)
 
     def patient(i):
         return {
@@ -736,36 +743,9 @@ def individual_ode_case(m, popfit, settings):
     kw.update(
         draws=settings["draws"], solver="ode", rtol=RTOL, atol=ATOL, max_steps=settings["ode_max_steps"]
     )
-    if settings["warm"]:
-        fit(m, data.select([0]), **{**kw, "seed": 100})
-    t0, c0 = time.perf_counter(), _compile_seconds[0]
-    ess_one, steps_one, div_one = [], [], 0
-    for i in range(n1):
-        f1 = fit(m, data.select([i]), **{**kw, "seed": 1 + i})
-        ess_one.append(min(float(ess_bulk(f1.samples[f"z_{p}"][..., 0])) for p in TYPICAL))
-        steps_one.append(float(np.mean(f1.stats["n_steps"])))
-        div_one += int(np.sum(f1.stats["diverging"]))
-    t_one = time.perf_counter() - t0
-    rows = [
-        _row(
-            label,
-            "twinrx, serial loop (one call per patient, per-patient sampler)",
-            t_one,
-            float(np.sum(ess_one)),
-            compile=_compile_seconds[0] - c0,
-            steps=float(np.mean(steps_one)),
-            divergent=div_one,
-            notes=f"worst patient ESS {min(ess_one):.0f}; {t_one / n1:.2f} s per patient",
-        )
-    ]
-    fixed = {
-        "theta": [float(est[p]) for p in TYPICAL],
-        "omega": [float(est[f"omega_{p}"]) for p in TYPICAL],
-        "sigma": float(est["sigma_CP"]),
-        "rtol": RTOL,
-        "atol": ATOL,
-        "max_steps": settings["ode_max_steps"],
-    }
+    program = "twinrx, serial loop (one call per patient, per-patient sampler)"
+    rows = [_twinrx_serial(m, data, n1, kw, settings, label, program)]
+    fixed = {**_held(est), "rtol": RTOL, "atol": ATOL, "max_steps": settings["ode_max_steps"]}
     stan_prebuild(STAN_INDIVIDUAL_ODE)
     ess_st, div, steps, each = [], 0, [], []
     for i in range(n1):
