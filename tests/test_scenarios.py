@@ -4,6 +4,7 @@ against the analytic optimum and a grid search."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tomllib
 from pathlib import Path
@@ -622,3 +623,19 @@ def test_dose_optimiser_on_a_time_in_range_target_beats_a_grid():
     assert best["pta"] == pytest.approx(pta(best["doses"][0]), abs=0.01)
     with pytest.raises(ValueError, match="use objective='pta'"):
         optimise(sc, draws, regimen="100 mg q12h", target="TIR", objective="loss")
+
+
+def test_a_dose_formula_reads_a_fitted_twins_coded_genotypes():
+    """A fit's data hold categorical covariates as level codes; the IWPC formula reads them
+    as the card's level names (CYP2C9 code 2 = *1/*3, VKORC1 code 1 = GA: 3 mg/day)."""
+    sc = load_scenario(ROOT / "scenarios" / "warfarin_genotype_guided.toml")
+    sc = dataclasses.replace(sc, regimens=(sc.regimen("IWPC dose daily, no titration"),))
+    model = twinrx.get_model(sc.model)
+    assert next(c for c in model.card.covariates if c.name == "CYP2C9").levels[2] == "*1/*3"
+    draws = twin_draws(model, key=jax.random.key(3), n=4, covariates=dict(sc.patient))
+    draws.update(CYP2C9=np.full(4, 2.0), VKORC1=np.full(4, 1.0))
+    ds = compare(sc, draws)
+    assert ds.attrs["failed_draws"] == 0
+    np.testing.assert_array_equal(ds["last_dose"].values, 3.0)
+    draws.update(VKORC1=np.full(4, 2.0))  # AA: (4.6716 - 1.6974 + 0.8677)^2 / 7 = 2.11 -> 2.0
+    np.testing.assert_array_equal(compare(sc, draws)["last_dose"].values, 2.0)

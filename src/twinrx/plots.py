@@ -740,7 +740,7 @@ def scenario_comparison(
         weight = None if w is None else float(np.asarray(w).reshape(-1)[0])
         # one patient's covariates for dose formulas (a twin's draws share them)
         first = {k: (v if isinstance(v, str) else np.asarray(v).reshape(-1)[0]) for k, v in sub.items()}
-        covariates = {**dict(getattr(scenario, "patient", ())), **first}
+        covariates = scenario.dose_inputs(first)
         step = max(scenario.step, scenario.horizon / 600.0)
         base = np.arange(0.0, scenario.horizon + 1e-9, step)
         colors = [f"C{i}" for i in range(10)]

@@ -520,6 +520,11 @@ class Scenario:
         blocks = [b for r in self.regimens for b in r.blocks] + list(self.background)
         return tuple(dict.fromkeys(c for b in blocks if b.formula is not None for c in b.formula.covariates))
 
+    def dose_inputs(self, draws: Mapping[str, Any]) -> dict[str, Any]:
+        """What dose formulas read for ``draws``: the ``[patient]`` values, overridden by
+        the draws' own (categorical covariates as the card's level names)."""
+        return {**dict(self.patient), **_level_names(get_model(self.model), draws)}
+
     def model_inputs(self, draws: Mapping[str, Any]) -> dict[str, Any]:
         """``draws`` without the covariates only dose formulas read (height for a dosing
         algorithm, say): the simulator refuses names its model does not read."""
@@ -1006,6 +1011,22 @@ def twin_draws(
     return out
 
 
+def _level_names(model, draws: Mapping[str, Any]) -> dict[str, Any]:
+    """``draws`` with the card's categorical covariates as level names where they are codes
+    (a fit's data holds codes; dose formulas read level names)."""
+    card = getattr(model, "card", None)
+    out = dict(draws)
+    for c in getattr(card, "covariates", ()) if card is not None else ():
+        v = out.get(c.name)
+        if c.levels is None or v is None or isinstance(v, str) or np.asarray(v).dtype.kind in "OUS":
+            continue
+        codes = np.asarray(v)
+        if not np.all((codes == np.round(codes)) & (codes >= 0) & (codes < len(c.levels))):
+            continue  # not level codes: left as they are (a dose formula then names them)
+        out[c.name] = np.asarray(c.levels, dtype=object)[codes.astype(int)]
+    return out
+
+
 def _weight(draws: Mapping[str, Any]):
     """The draws' weight (kg) for per-kg doses: one number when every draw has the same (a
     twin), else an array ``(n,)`` (a cohort), or None without ``WT``."""
@@ -1166,7 +1187,7 @@ def _simulate_regimen(
     and its actual time (each ``(n, R)``)."""
     n = _n_draws(draws)
     if covariates is None:
-        covariates = {**dict(scenario.patient), **draws}
+        covariates = scenario.dose_inputs(draws)
     plan = _Plan.build(model, scenario, reg, _weight(draws) if weight is None else weight, covariates, units)
     draws = scenario.model_inputs(draws)
     taken, time = plan.adherence(reg, n, key)
@@ -1371,7 +1392,7 @@ def optimise(
         )
     draws = _scenario_draws(model, scenario, draws, None if key is None else jax.random.fold_in(key, 2))
     n = _n_draws(draws)
-    plan = _Plan.build(model, scenario, reg, _weight(draws), {**dict(scenario.patient), **draws})
+    plan = _Plan.build(model, scenario, reg, _weight(draws), scenario.dose_inputs(draws))
     draws = scenario.model_inputs(draws)
     taken, time = plan.adherence(reg, n, None if key is None else jax.random.fold_in(key, 1))
     grid = jnp.asarray(_dose_grid(scenario.grid([tg]), time))  # the target's window only
