@@ -235,3 +235,37 @@ def test_fit_with_a_prior_refuses_population_options(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--error, --fixed: an individual fit takes the population model of --prior" in err
     assert not (tmp_path / "f.zarr").exists()
+
+
+def test_ingest_maps_a_laboratorys_own_code(tmp_path):
+    import json
+
+    from twinrx.store import read_patients
+
+    obs = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "https://lab.example.org/codes", "code": "SWARF"}]},
+        "subject": {"reference": "Patient/p"},
+        "effectiveDateTime": "2024-01-02T08:00:00Z",
+        "valueQuantity": {"value": 0.5, "unit": "mg/L"},
+    }
+    dose = {
+        "resourceType": "MedicationAdministration",
+        "status": "completed",
+        "medicationCodeableConcept": {"text": "warfarin"},
+        "subject": {"reference": "Patient/p"},
+        "effectiveDateTime": "2024-01-01T18:00:00Z",
+        "dosage": {"dose": {"value": 5, "unit": "mg"}},
+    }
+    res = [{"resourceType": "Patient", "id": "p", "gender": "female"}, obs, dose]
+    bundle = tmp_path / "b.json"
+    bundle.write_text(
+        json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in res]})
+    )
+    out = tmp_path / "p.zarr"
+    code = "https://lab.example.org/codes|SWARF=s-warfarin"
+    assert main(["ingest", "--fhir", str(bundle), "--code", code, "--out", str(out), "--seed", "1"]) == 0
+    (patient,) = read_patients(out)
+    s = patient.series["s-warfarin"]
+    assert s.value.tolist() == [0.5] and s.unit == "mg/L"

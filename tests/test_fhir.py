@@ -506,3 +506,35 @@ def test_fuzz_mutated_bundles(fuzz_dir, mutations, ndjson):
         path = fuzz_dir / "mutated.json"
         path.write_text(json.dumps(doc), encoding="utf-8")
     _check(path)
+
+
+def test_a_laboratorys_own_code_maps_to_a_quantity(tmp_path):
+    """S-warfarin has no LOINC code: a laboratory's code is mapped with codes=; the value is
+    converted to the quantity's unit (ug/mL -> mg/L, umol/L by the molar mass); without the
+    map the observation is skipped, saying how to map it."""
+    local = "https://lab.example.org/codes"
+
+    def swarf(value, unit):
+        o = _obs({"value": value, "unit": unit, "system": UCUM, "code": unit})
+        o["code"] = {"coding": [{"system": local, "code": "SWARF", "display": "S-warfarin, plasma"}]}
+        return o
+
+    path = _write_bundle(
+        tmp_path / "b.json",
+        [
+            {"resourceType": "Patient", "id": "p", "gender": "female"},
+            swarf(0.42, "ug/mL"),
+            swarf(1.0, "umol/L"),
+        ],
+    )
+    ex = read_fhir(path, codes={f"{local}|SWARF": "s-warfarin"})
+    s = _series(ex, "p", "s-warfarin")
+    assert s.unit == "mg/L"
+    np.testing.assert_allclose(sorted(s.value), [0.308, 0.42], rtol=1e-3)  # 1 umol/L x 308.3 g/mol
+    plain = read_fhir(path)
+    assert not plain.patients["p"].series
+    assert any("codes=" in sk.reason for sk in plain.skipped)
+    with pytest.raises(ValueError, match="SYSTEM|CODE"):
+        read_fhir(path, codes={"SWARF": "s-warfarin"})
+    with pytest.raises(ValueError, match="unknown quantity 'swarfarin'"):
+        read_fhir(path, codes={f"{local}|SWARF": "swarfarin"})

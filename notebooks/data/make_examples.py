@@ -18,7 +18,10 @@ Warfarin patient (``warfarin_precision_dosing.py``), source id ``pt-demo-wf01``
       titrated on the INR of days 7 and 10 by +-15 %, rounded to 0.5 mg) and 7 INR
       Observations: at the first dose (baseline) and at 09:00 on days 3, 5, 7, 10, 12, 14.
       INR values carry the card's residual error (exponential, SD 0.0325 on the log scale),
-      rounded to 0.1 as laboratories report them.
+      rounded to 0.1 as laboratories report them. And 3 S-warfarin levels (mg/L; card
+      output ``CP``, error exponential SD 0.09, rounded to 0.01) with the INRs of days 5, 10
+      and 14, coded with the laboratory's own code (``LAB_CODES`` ``SWARF``: S-warfarin
+      has no LOINC code; LOINC 4098-0 is racemic warfarin).
 
 Glucose patient (``glucose_insulin_timing.py``), source id ``pt-demo-gl01``
     Simulated from ``dalla_man_2007`` made insulin-deficient as in
@@ -66,6 +69,8 @@ WARFARIN_BIRTH = "1935-01-01"  # 65.0 years at the first dose (ingest computes t
 WARFARIN_DOSE_DAYS = 14
 WARFARIN_INR_DAYS = (3, 5, 7, 10, 12, 14)  # at 09:00, 9 h before that day's dose
 WARFARIN_TITRATION_DAYS = (7, 10)  # the clinic adjusts the dose on these INRs
+WARFARIN_LEVEL_DAYS = (5, 10, 14)  # S-warfarin levels, drawn with that morning's INR
+LAB_CODES = "https://lab.example.org/codes"  # the laboratory's own code system (no LOINC)
 WARFARIN_START_DOSE = 5.0  # mg racemic warfarin, the standard start
 
 
@@ -89,7 +94,7 @@ def _warfarin_inputs() -> dict:
     return {**m.typical_params(), **WARFARIN_COVARIATES, **WARFARIN_TRUE_ETAS}
 
 
-def _inr_at(dose_times, doses, times) -> np.ndarray:
+def _inr_at(dose_times, doses, times, output: str = "INR") -> np.ndarray:
     m = twinrx.get_model("warfarin_hamberg_2007")
     ev = twinrx.EventTable.from_records(
         np.asarray(dose_times, float),
@@ -98,7 +103,17 @@ def _inr_at(dose_times, doses, times) -> np.ndarray:
         cmt=np.ones(len(doses), int),
     )
     ds = twinrx.simulate(m, _warfarin_inputs(), ev, times=np.asarray(times, float))
-    return np.asarray(ds["INR"].values).reshape(-1)
+    return np.asarray(ds[output].values).reshape(-1)
+
+
+def warfarin_levels(dose_t, doses) -> tuple[np.ndarray, np.ndarray]:
+    """S-warfarin levels (mg/L) at 09:00 on ``WARFARIN_LEVEL_DAYS`` (drawn with that
+    morning's INR), with the card's residual error (exponential, SD 0.09), rounded to
+    0.01 mg/L."""
+    rng = np.random.default_rng(20000104)
+    t = np.array([24.0 * d - 9.0 for d in WARFARIN_LEVEL_DAYS])
+    cp = _inr_at(dose_t, doses, t, "CP") * np.exp(rng.normal(0.0, 0.09, t.size))
+    return t, np.round(cp, 2)
 
 
 def warfarin_history() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -164,6 +179,15 @@ def warfarin_bundle() -> dict:
                 _iso(WARFARIN_START, t),
             )
         )
+    for k, (t, v) in enumerate(zip(*warfarin_levels(dose_t, doses)), start=1):
+        level = _observation(f"swarf-{k}", "", "", float(v), "mg/L", "mg/L", _iso(WARFARIN_START, t))
+        level["code"] = {
+            "coding": [
+                {"system": LAB_CODES, "code": "SWARF", "display": "S-warfarin [Mass/volume] in Plasma"}
+            ],
+            "text": "S-warfarin (chiral HPLC)",
+        }
+        res.append(level)
     for k, (t, d) in enumerate(zip(dose_t, doses), start=1):
         res.append(
             {

@@ -228,6 +228,11 @@ def ingest(
     unit: list[str] = typer.Option(None, "--unit", help="NONMEM: COLUMN=UNIT of a covariate (e.g. WT=kg)."),
     cdisc: list[Path] = typer.Option(None, "--cdisc", help="SDTM/ADaM folder or files (.xpt, .csv)."),
     fhir: list[Path] = typer.Option(None, "--fhir", help="FHIR R4/R4B Bundle JSON or NDJSON."),
+    code: list[str] = typer.Option(
+        None,
+        "--code",
+        help="FHIR: a laboratory's own code, SYSTEM|CODE=QUANTITY (e.g. ...|SWARF=s-warfarin).",
+    ),
     wearable: list[str] = typer.Option(
         None, "--wearable", help="[ID=]FILE: Apple Health, Open mHealth or Dexcom CSV, of patient ID."
     ),
@@ -260,6 +265,7 @@ def ingest(
         },
         cdisc=list(cdisc or []),
         fhir=list(fhir or []),
+        fhir_codes=_parse_pairs(code, "code"),
         wearables=_wearable_pairs(wearable),
         vcf=vcf,
         genotypes=genotypes,

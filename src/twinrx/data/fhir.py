@@ -37,6 +37,7 @@ import math
 import os
 import re
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ import numpy as np
 from ..units import conversion
 from ._raw import Extract, IngestError, RawDoses, RawSeries, parse_instant
 from .patient import Covariate
-from .quantities import Quantity, UnitError, by_loinc, to_canonical
+from .quantities import Quantity, UnitError, by_loinc, quantity, to_canonical
 
 __all__ = ["read_fhir", "FHIR_VERSIONS", "RXNORM_DRUGS", "ROUTES"]
 
@@ -451,8 +452,11 @@ def _not_fhir(path, record: str) -> IngestError:
 
 
 class _Reader:
-    def __init__(self, extract: Extract, version: str):
+    def __init__(
+        self, extract: Extract, version: str, codes: Mapping[tuple[str, str], Quantity] | None = None
+    ):
         self.ex = extract
+        self.codes = dict(codes or {})  # (system, code) -> quantity, before LOINC
         self.versions = {"auto": ("R4B", "R5"), "R4": ("R4B",), "R4B": ("R4B",), "R5": ("R5",)}[version]
         self.records: list[_Record] = []
         self.unread: dict[tuple[str, str], int] = collections.Counter()
@@ -708,14 +712,25 @@ class _Reader:
         )
 
     def _value(self, part: dict, prefix: str) -> tuple[Quantity, float, int, float]:
+        codings = [c for c in _list(_obj(part, "code"), "coding") if isinstance(c, dict)]
+        q = next(
+            (
+                self.codes[(c.get("system"), c.get("code").strip())]
+                for c in codings
+                if isinstance(c.get("code"), str) and (c.get("system"), c.get("code").strip()) in self.codes
+            ),
+            None,
+        )
         codes = [
-            c.get("code")
-            for c in _list(_obj(part, "code"), "coding")
-            if isinstance(c, dict) and c.get("system") == LOINC and isinstance(c.get("code"), str)
+            c.get("code") for c in codings if c.get("system") == LOINC and isinstance(c.get("code"), str)
         ]
-        if not codes:
-            raise _Skip(f"{prefix}code.coding", "has no LOINC coding (system http://loinc.org)")
-        q = next((by_loinc(c) for c in codes if by_loinc(c) is not None), None)
+        if q is None and not codes:
+            raise _Skip(
+                f"{prefix}code.coding",
+                "has no LOINC coding (system http://loinc.org) and no code given to read_fhir(codes=...)",
+            )
+        if q is None:
+            q = next((by_loinc(c) for c in codes if by_loinc(c) is not None), None)
         if q is None:
             code = codes[0].strip()
             shown = f"LOINC {code}" if _LOINC_CODE.fullmatch(code) else "the LOINC code"
@@ -1039,7 +1054,7 @@ class _Reader:
             )
 
 
-def read_fhir(path_or_paths, *, version: str = "auto") -> Extract:
+def read_fhir(path_or_paths, *, version: str = "auto", codes: Mapping[str, str] | None = None) -> Extract:
     """Read FHIR Patients, Observations and medication records into an ``Extract``.
 
     Parameters
@@ -1054,6 +1069,11 @@ def read_fhir(path_or_paths, *, version: str = "auto") -> Extract:
         ``"R4"`` or ``"R4B"`` (both validated with the R4B models of ``fhir.resources``,
         which read R4 unchanged for these resources), ``"R5"``, or ``"auto"`` (the default:
         R4B first, then R5, per resource).
+    codes
+        A laboratory's own codes for what has no LOINC code (or to override one):
+        ``{"SYSTEM|CODE": quantity}``, e.g. ``{"https://lab.example.org/codes|SWARF":
+        "s-warfarin"}`` (a quantity or drug level of :mod:`twinrx.data.quantities`). These
+        are looked up before LOINC.
 
     Returns
     -------
@@ -1084,8 +1104,19 @@ def read_fhir(path_or_paths, *, version: str = "auto") -> Extract:
     v = str(version).upper() if str(version).lower() != "auto" else "auto"
     if v not in FHIR_VERSIONS:
         raise ValueError(f"version {version!r} is not one of {', '.join(FHIR_VERSIONS)}")
+    mapped = {}
+    for key, name in (codes or {}).items():
+        system, sep, code = str(key).rpartition("|")
+        if not sep or not system or not code.strip():
+            raise ValueError(
+                f"codes: {key!r} must be 'SYSTEM|CODE', e.g. 'https://lab.example.org/codes|SWARF'"
+            )
+        try:
+            mapped[(system, code.strip())] = quantity(name)
+        except KeyError as e:
+            raise ValueError(f"codes: {key!r} -> {e.args[0]}") from None
     ex = Extract(SOURCE)
-    reader = _Reader(ex, v)
+    reader = _Reader(ex, v, mapped)
     files: list[Path] = []
     try:
         files = _files(path_or_paths)

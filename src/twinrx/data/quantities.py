@@ -147,7 +147,10 @@ _DRUGS = {
     "lithium": (6.94, ("14334-7",)),
     "tacrolimus": (804.0, ("11253-2",)),  # Tacrolimus [Mass/volume] in Blood
     "cyclosporine": (1202.6, ("3520-4",)),  # cycloSPORINE [Mass/volume] in Blood
-    "warfarin": (308.3, ("4098-0",)),  # Warfarin [Mass/volume] in Serum or Plasma
+    "warfarin": (308.3, ("4098-0",)),  # Warfarin [Mass/volume] in Serum or Plasma (racemic)
+    # S-warfarin alone (chiral assays; no LOINC code: map a laboratory's own code with
+    # read_fhir(..., codes=...)). Warfarin PK/PD cards model the S enantiomer.
+    "s-warfarin": (308.3, ()),
     "indometacin": (357.8, ()),
 }
 

@@ -55,6 +55,7 @@ def ingest_files(
     nonmem_options: dict | None = None,
     cdisc: Sequence[str | os.PathLike] = (),
     fhir: Sequence[str | os.PathLike] = (),
+    fhir_codes: dict[str, str] | None = None,
     wearables: Iterable[tuple[str | None, str | os.PathLike]] = (),
     vcf: str | os.PathLike | None = None,
     genotypes: str | os.PathLike | None = None,
@@ -64,6 +65,7 @@ def ingest_files(
 ) -> Cohort:
     """Read every source and merge them per patient (``twinrx ingest``).
 
+    ``fhir_codes`` maps a laboratory's own codes to quantities (``read_fhir(codes=...)``).
     ``wearables`` are ``(source_id, path)`` pairs; a wearable export carries no patient id, so
     ``source_id`` says whose it is (the id used in the other sources). ``None`` is allowed
     when the other sources hold exactly one patient.
@@ -80,7 +82,7 @@ def ingest_files(
                 raise IngestError(f, "-", "path", "the file does not exist", "check the path")
         from .fhir import read_fhir
 
-        extracts.append(read_fhir(fhir if len(fhir) > 1 else fhir[0]))
+        extracts.append(read_fhir(fhir if len(fhir) > 1 else fhir[0], codes=fhir_codes))
     if vcf is not None:
         extracts.append(read("vcf", vcf))
     if genotypes is not None:
