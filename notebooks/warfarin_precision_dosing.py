@@ -170,11 +170,12 @@ print("between-patient variability, omega^2:", dict(zip(var.parameters, np.diag(
 # (S-warfarin) is observed as the series `s-warfarin`.
 #
 # *Method:* the Laplace approximation (a normal distribution around the posterior mode, in
-# the unconstrained space). NUTS is the reference; a short run on this patient (one chain,
-# 200 warm-up and 300 draws) took about ten minutes on two CPU cores (the 10-state ODE over
-# two weeks, for every leapfrog step) and gave similar posteriors: CL median 0.10 vs 0.12
-# L/h, EC50 2.5 vs 2.4 mg/L, MTT2 149 vs 150 h, with 90 % intervals overlapping almost
-# entirely.
+# the unconstrained space), a few seconds. NUTS is the reference: `method="nuts", chains=2,
+# warmup=300, draws=500` on this patient takes about 100 s on two CPU cores (the 10-state
+# ODE over two weeks at every leapfrog step, its gradient by forward sensitivities; R-hat
+# at most 1.004, no divergences) and gives similar posteriors: medians CL 0.093 vs 0.098
+# L/h here, EC50 2.6 vs 2.8 mg/L, MTT2 152 vs 138 h, V1 15.0 vs 14.2 L, with 90 % intervals
+# overlapping largely (NUTS: CL 0.059-0.117 L/h, a little lower than Laplace's).
 
 # %%
 population = Fit.from_card(model)
