@@ -36,15 +36,14 @@
 # on the twin's posterior, with meal-to-meal variability on top, and compare.
 
 # %%
-import os
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 import numpyro.distributions as dist
 import pandas as pd
+from _setup import DATA, OUT, SCENARIOS, show  # this folder: paths, where figures go
 
 import twinrx
 from twinrx import plots
@@ -52,24 +51,7 @@ from twinrx.data import Cohort, Extract, RawDoses, ingest, read_cgm_csv
 from twinrx.infer import fit
 from twinrx.scenarios import compare, load_scenario, twin_draws
 
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-DATA = HERE / "data"
-SCENARIOS = HERE.parent / "scenarios"
-OUT = Path(os.environ.get("TWINRX_NOTEBOOK_OUT", HERE / "_output"))
-OUT.mkdir(parents=True, exist_ok=True)
 T_START = time.perf_counter()
-
-
-def show(fig):
-    """Show a figure inline under Jupyter (twinrx.plots builds figures without pyplot); a
-    no-op when the notebook runs as a script. Every figure is also saved under OUT."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import display
-    except ImportError:
-        return
-    if get_ipython() is not None:
-        display(fig)
 
 
 pd.set_option("display.width", 160)

@@ -31,8 +31,9 @@ SKIP = {"run.py"}
 
 
 def notebooks(names: list[str]) -> list[Path]:
-    """The notebooks to run: every ``*.py`` here except this runner, or the ones named."""
-    found = sorted(p for p in HERE.glob("*.py") if p.name not in SKIP)
+    """The notebooks to run: every ``*.py`` here except this runner and helpers (``_*.py``), or
+    the ones named."""
+    found = sorted(p for p in HERE.glob("*.py") if p.name not in SKIP and not p.name.startswith("_"))
     if not names:
         return found
     by_stem = {p.stem: p for p in found}

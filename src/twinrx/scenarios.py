@@ -19,6 +19,7 @@ compiled simulation serves all draws and all decisions.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -61,6 +62,14 @@ _EPS = 1e-6  # h: a trough is read this long before the dose that ends its windo
 
 
 # ------------------------------------------------------------------------------ regimens
+@functools.lru_cache(maxsize=64)
+def _parsed(text: str):
+    """A dose formula's parsed expression (parsed once per text, not per chunk and arm)."""
+    from .model.expr import Expr
+
+    return Expr.parse(text)
+
+
 @dataclasses.dataclass(frozen=True)
 class DoseFormula:
     """A dose computed for each patient from covariates: a dosing algorithm (IWPC's
@@ -85,19 +94,20 @@ class DoseFormula:
     scale: float = 1.0
 
     @property
+    def direct(self) -> tuple[str, ...]:
+        """The covariates the formula reads by name (not through ``levels``)."""
+        symbols = {sym for sym, _, _ in self.levels}
+        return tuple(n for n in sorted(_parsed(self.text).symbols) if n not in symbols)
+
+    @property
     def covariates(self) -> tuple[str, ...]:
         """The covariates the formula reads (directly or through ``levels``)."""
-        from .model.expr import Expr
-
-        symbols = {sym for sym, _, _ in self.levels}
-        direct = [n for n in sorted(Expr.parse(self.text).symbols) if n not in symbols]
-        return tuple(dict.fromkeys([*direct, *(cov for _, cov, _ in self.levels)]))
+        return tuple(dict.fromkeys([*self.direct, *(cov for _, cov, _ in self.levels)]))
 
     def amounts(self, values: Mapping[str, Any], who: str, units: Mapping[str, str] | None = None):
         """The dose for each patient: a number for scalar ``values`` (one patient), else an
         array ``(n,)``. ``units``: the units ``values`` are in (a cohort's), converted to
         the formula's ``units``."""
-        from .model.expr import Expr
 
         def get(name):
             if name not in values:
@@ -119,10 +129,7 @@ class DoseFormula:
                     f"it lists {', '.join(lookup)}"
                 )
             env[sym] = np.array([float(lookup[str(v)]) for v in np.atleast_1d(got)]).reshape(got.shape)
-        symbols = {sym for sym, _, _ in self.levels}
-        for name in self.covariates:
-            if name in symbols or name in {cov for _, cov, _ in self.levels}:
-                continue
+        for name in self.direct:
             v = get(name)
             if isinstance(v, str) or np.asarray(v).dtype.kind in "OUS":
                 raise ValueError(
@@ -135,7 +142,7 @@ class DoseFormula:
                 a = a * conversion(have, want[name])
             env[name] = a
         with np.errstate(invalid="ignore"):
-            dose = np.asarray(Expr.parse(self.text)(env), float) * self.scale
+            dose = np.asarray(_parsed(self.text)(env), float) * self.scale
             if self.round_to > 0:
                 dose = np.round(dose / self.round_to) * self.round_to
             dose = np.where(np.isfinite(dose), np.clip(dose, self.min_dose, self.max_dose), np.nan)

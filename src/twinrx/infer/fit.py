@@ -36,6 +36,7 @@ from numpyro.infer import (
 from numpyro.infer.hmc import hmc
 from numpyro.infer.util import constrain_fn, initialize_model, log_density, log_likelihood
 
+from ..solve import _pad_patients
 from .data import FitData
 from .diagnostics import summarize
 from .model import PopulationModel
@@ -424,8 +425,7 @@ def _individual_nuts(
         return sharded(split, keys, x0)
     # Patients over devices, padded to a multiple of them with copies of the first patient
     # (their draws are dropped): out (chains, draws, N).
-    pad = -N % devices
-    padded = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, 0)]), (split, keys, x0))
+    padded = _pad_patients((split, keys, x0), devices)
     sharded = jax.shard_map(
         run, mesh=mesh, in_specs=(P("d"),) * 3, out_specs=P(None, None, "d"), check_vma=False
     )
