@@ -344,6 +344,29 @@ def _superpose_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, o
     return amounts, outputs, jnp.asarray(code)
 
 
+# Up to this many events per patient, the event order comes from all-pairs comparisons:
+# O(E^2) elementwise work, several times faster on a CPU than XLA's sort for the few events
+# of a patient.
+_RANK_ORDER_MAX = 96
+
+
+def _nonmem_order(t, key):
+    """The permutation that sorts events by time, then key (NONMEM's order at equal times),
+    then position: ``jnp.lexsort((arange, key, t))``."""
+    E = t.shape[0]
+    i = jnp.arange(E, dtype=jnp.int32)
+    if E > _RANK_ORDER_MAX:
+        return jnp.lexsort((i, key, t)).astype(jnp.int32)
+    t = jnp.where(jnp.isnan(t), jnp.inf, t)  # lexsort puts NaN last
+    # rank[i]: how many events come before event i (summed over the leading axis, which
+    # vectorises along i); order[rank[i]] = i.
+    tj, ti = t[:, None], t[None, :]
+    kj, ki = key[:, None], key[None, :]
+    before = (tj < ti) | ((tj == ti) & ((kj < ki) | ((kj == ki) & (i[:, None] < i[None, :]))))
+    rank = jnp.sum(before, axis=0, dtype=jnp.int32)
+    return jnp.sum(jnp.where(rank[:, None] == i[None, :], i[:, None], 0), axis=0, dtype=jnp.int32)
+
+
 def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, out_times):
     n = model.n_state
     R = et.time.shape[0]
@@ -449,51 +472,52 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
     out_t = et.time if cfg.at_records else out_times
     out_key = 3 * rec_idx + 2 if cfg.at_records else jnp.full((T,), 3 * R + 5, jnp.int32)
 
-    # All events: records, arrivals, ends, steady-state tails, outputs.
+    # All events: records, arrivals, ends, steady-state tails, and for the ODE the outputs
+    # (stops of its loop; the closed form reaches an output from the event before it).
     # Infusion ends (none when no record of the data set is an infusion).
     Me = M if cfg.infusions else 0
-    e_time = jnp.concatenate([et.time, t_arr, (t_arr + D_inf)[:Me], tail_end.reshape(-1), out_t])
+    n_stop = 0 if prop.closed else n_out
+    e_time = jnp.concatenate([et.time, t_arr, (t_arr + D_inf)[:Me], tail_end.reshape(-1), out_t[:n_stop]])
     e_key = jnp.concatenate(
         [
             3 * rec_idx,
             jnp.where(implied, -1, 3 * r + 1),
             jnp.full((Me,), -1, jnp.int32),
             jnp.full((tail_n,), -1, jnp.int32),
-            out_key,
+            out_key[:n_stop],
         ]
     )
-    n_none = n_out
     e_kind = jnp.concatenate(
         [
             rec_kind,
             arr_kind,
             end_kind[:Me],
             jnp.where(tail_active.reshape(-1), _INF_END, _NONE),
-            jnp.full((n_none,), _NONE),
+            jnp.full((n_stop,), _NONE),
         ]
     ).astype(jnp.int32)
-    e_cmt = jnp.concatenate([et.cmt, c, c[:Me], et.cmt[tail_rec], jnp.zeros((n_none,), jnp.int32)])
-    e_val = jnp.concatenate([jnp.zeros(R), arr_val, R_inf[:Me], tail_val, jnp.zeros(n_none)])
-    e_origin = jnp.concatenate([rec_idx, r, r[:Me], tail_rec, jnp.full((n_none,), R, jnp.int32)])
-    e_slot = jnp.concatenate([ss_slot, jnp.zeros((M + Me + tail_n + n_none,), jnp.int32)])
+    e_cmt = jnp.concatenate([et.cmt, c, c[:Me], et.cmt[tail_rec], jnp.zeros((n_stop,), jnp.int32)])
+    e_val = jnp.concatenate([jnp.zeros(R), arr_val, R_inf[:Me], tail_val, jnp.zeros(n_stop)])
+    e_origin = jnp.concatenate([rec_idx, r, r[:Me], tail_rec, jnp.full((n_stop,), R, jnp.int32)])
+    e_slot = jnp.concatenate([ss_slot, jnp.zeros((M + Me + tail_n + n_stop,), jnp.int32)])
     E = e_time.shape[0]
-    E_ev = E - n_out
+    E_ev = E - n_stop
     if prop.closed:
         # O(times): the scan visits the events only; each output belongs to the segment
         # after the last event before it in NONMEM order.
-        ev_order = jnp.lexsort((jnp.arange(E_ev), e_key[:E_ev], e_time[:E_ev]))
-        st, sk = e_time[:E_ev][ev_order], e_key[:E_ev][ev_order]
+        ev_order = _nonmem_order(e_time, e_key)
+        st, sk = e_time[ev_order], e_key[ev_order]
         if cfg.at_records:  # a record's output comes after the events it follows
             before = (st[None, :] < out_t[:, None]) | (
                 (st[None, :] == out_t[:, None]) & (sk[None, :] < out_key[:, None])
             )
             out_prev = jnp.sum(before, axis=1) - 1
         else:  # requested times come after everything at that time
-            out_prev = jnp.searchsorted(st, out_t, side="right", method="scan") - 1
+            out_prev = jnp.sum(e_time[:, None] <= out_t[None, :], axis=0, dtype=jnp.int32) - 1
         scan_order = ev_order
     else:
         # ODE: outputs are stops of the scan (the state there comes from the solver).
-        order = jnp.lexsort((jnp.arange(E), e_key, e_time))
+        order = _nonmem_order(e_time, e_key)
         inv = jnp.zeros(E, jnp.int32).at[order].set(jnp.arange(E, dtype=jnp.int32))
         scan_order = order
         out_prev = inv[E_ev:]
@@ -561,7 +585,9 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
                 model, cfg, sys, x, rate, t_from, t, dt, forward=cfg.sensitivity == "forward"
             )
         else:
-            x, c_adv = prop.advance(sys, x, rate, t_from, t)
+            # A closed form without infusions has no input between events.
+            r_in = rate if cfg.infusions or not prop.closed else None
+            x, c_adv = prop.advance(sys, x, r_in, t_from, t)
         code = jnp.maximum(code, c_adv)
         x, rate, last_reset = apply_event(x, rate, last_reset, ev_)
         t_now = jnp.maximum(t, t_prev)
@@ -592,12 +618,13 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
             amounts = jax.vmap(lambda s_, x_, r_, h_: s_.advance(x_, r_, h_))(sys_out, x0, r0, h)
         else:
             # Modal coordinates once per event, then per output only exponentials.
-            zx = jax.vmap(sys0.modal)(ys)[prev] * has[:, None]
-            if cfg.infusions:
-                zr = jax.vmap(sys0.modal)(rs)[prev] * has[:, None]
-                amounts = jax.vmap(lambda a, b, c: sys0.unmodal(sys0.advance_modal(a, b, c)))(zx, zr, h)
-            else:  # no input between events
-                amounts = jax.vmap(lambda a, c: sys0.unmodal(sys0.advance_modal(a, None, c)))(zx, h)
+            # Planar (component, time) layout and one gather per component: the work per
+            # output vectorises over time (a gather of rows under vmap is several times slower).
+            def at_outputs(states):
+                return [z[prev] * has for z in sys0.modal_planar(list(states.T))]
+
+            zr = at_outputs(rs) if cfg.infusions else None  # None: no input between events
+            amounts = jnp.stack(sys0.unmodal_planar(sys0.advance_modal_planar(at_outputs(ys), zr, h)), -1)
     else:
         amounts = x0
     if not time_varying:  # the same parameters at every output
@@ -605,7 +632,9 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
     else:
         q_out = q_rec if cfg.at_records else {k: v[nocb(out_times)] for k, v in q_rec.items()}
         outputs = jax.vmap(model.observe)(out_t, amounts, q_out)
-    finite = jnp.all(jnp.isfinite(amounts))
+    # One sum, not a test per amount: a NaN or an infinity anywhere makes it non-finite
+    # (so would amounts near 1e308, which are no more usable).
+    finite = jnp.isfinite(jnp.sum(amounts))
     code = jnp.where(finite, code, jnp.maximum(code, Status.NONFINITE))
     return amounts, outputs, code
 

@@ -37,6 +37,11 @@ class ClosedFormSystem(eqx.Module):
 
     States are handled in modal form ``m = [depot, z]`` (``z = inv @ x_disposition``), in which
     one segment is elementwise: :meth:`advance_modal`.
+
+    The ``*_planar`` methods take a state as a list with one array per component, all of one
+    shape (a state at each of T output times: T-vectors), and return one the same way: the
+    arithmetic is then elementwise over that shape and vectorises, with no small component
+    axis in the way. The array methods (component axis first) are thin wrappers.
     """
 
     lam: Float[Array, " nd"]
@@ -45,47 +50,67 @@ class ClosedFormSystem(eqx.Module):
     ka: Float[Array, ""]
     oral: bool = eqx.field(static=True)
 
-    def modal(self, x):
+    def modal_planar(self, x: list) -> list:
         if not self.oral:
             return _matvec(self.inv, x)
-        return jnp.concatenate([x[:1], _matvec(self.inv, x[1:])])
+        return [x[0], *_matvec(self.inv, x[1:])]
 
-    def unmodal(self, m):
+    def unmodal_planar(self, m: list) -> list:
         if not self.oral:
             return _matvec(self.vecs, m)
-        return jnp.concatenate([m[:1], _matvec(self.vecs, m[1:])])
+        return [m[0], *_matvec(self.vecs, m[1:])]
+
+    def advance_modal_planar(self, m: list, mr: list | None, h) -> list:
+        """Modal state after ``h`` hours with constant modal input ``mr`` (None: no input)."""
+        lams = [self.lam[i] for i in range(self.lam.shape[0])]
+        e_lam = [jnp.exp(lam * h) for lam in lams]
+        if not self.oral:
+            if mr is None:
+                return [e * mi for e, mi in zip(e_lam, m)]
+            return [e * mi + phi1(lam, h) * ri for lam, e, mi, ri in zip(lams, e_lam, m, mr)]
+        ka = self.ka
+        d0 = m[0]
+        e_ka = jnp.exp(-ka * h)
+        d1 = e_ka * d0
+        if mr is not None:
+            d1 = d1 + phi1(-ka, h) * mr[0]
+        z1 = []
+        for i, (lam, e) in enumerate(zip(lams, e_lam)):
+            # int_0^h e^{lam (h-s)} e^{-ka s} ds = (e^{lam h} - e^{-ka h}) / (lam + ka), a
+            # divided difference of exponentials: exact also as lam -> -ka (KA = a
+            # disposition rate).
+            i1 = exp_divided_difference(lam, -ka, e, e_ka, h)
+            kw = ka * self.inv[i, 0]
+            z = e * m[1 + i] + kw * d0 * i1
+            if mr is not None:
+                # int_0^h e^{lam (h-s)} (1 - e^{-ka s}) / ka ds  (an infusion into the depot)
+                p1 = phi1(lam, h)
+                i2 = (p1 - i1) / jnp.where(ka == 0, 1.0, ka)
+                z = z + p1 * mr[1 + i] + kw * mr[0] * i2
+            z1.append(z)
+        return [d1, *z1]
+
+    def modal(self, x):
+        return jnp.stack(self.modal_planar(list(x)))
+
+    def unmodal(self, m):
+        return jnp.stack(self.unmodal_planar(list(m)))
 
     def advance_modal(self, m, mr, h):
-        """Modal state after ``h`` hours with constant modal input ``mr`` (None: no input)."""
-        lam = self.lam
-        e_lam = jnp.exp(lam * h)
-        if not self.oral:
-            return e_lam * m if mr is None else e_lam * m + phi1(lam, h) * mr
-        ka = self.ka
-        d0, z0 = m[0], m[1:]
-        # int_0^h e^{lam (h-s)} e^{-ka s} ds = (e^{lam h} - e^{-ka h}) / (lam + ka), a divided
-        # difference of exponentials: exact also as lam -> -ka (KA = a disposition rate).
-        e_ka = jnp.exp(-ka * h)
-        i1 = exp_divided_difference(lam, -ka, e_lam, e_ka, h)
-        wc = self.inv[:, 0]
-        d1 = e_ka * d0
-        z1 = e_lam * z0 + ka * wc * d0 * i1
-        if mr is not None:
-            rd, rz = mr[0], mr[1:]
-            d1 = d1 + phi1(-ka, h) * rd
-            # int_0^h e^{lam (h-s)} (1 - e^{-ka s}) / ka ds  (an infusion into the depot)
-            i2 = (phi1(lam, h) - i1) / jnp.where(ka == 0, 1.0, ka)
-            z1 = z1 + phi1(lam, h) * rz + ka * wc * rd * i2
-        return jnp.concatenate([d1[None], z1])
+        """Array form of :meth:`advance_modal_planar`: ``m`` and ``mr`` of shape ``(n, ...)``."""
+        return jnp.stack(self.advance_modal_planar(list(m), None if mr is None else list(mr), h))
 
-    def advance(self, x: Float[Array, " n"], rate: Float[Array, " n"], h) -> Float[Array, " n"]:
-        return self.unmodal(self.advance_modal(self.modal(x), self.modal(rate), h))
+    def advance(self, x: Float[Array, " n"], rate: Float[Array, " n"] | None, h) -> Float[Array, " n"]:
+        """The state ``x`` after ``h`` hours with a constant input ``rate`` (None: none)."""
+        mr = None if rate is None else self.modal_planar(list(rate))
+        return jnp.stack(self.unmodal_planar(self.advance_modal_planar(self.modal_planar(list(x)), mr, h)))
 
 
-def _matvec(a, x):
-    """``a @ x`` as multiply-and-add: for these tiny matrices under ``vmap`` it fuses with
-    the elementwise work around it, where a batched ``dot`` would not."""
-    return sum(a[:, j] * x[j] for j in range(x.shape[0]))
+def _matvec(a, x: list) -> list:
+    """``a @ x`` for a state given as a list of components, as multiply-and-add: for these
+    tiny matrices under ``vmap`` it fuses with the elementwise work around it, where a
+    batched ``dot`` would not."""
+    return [sum(a[i, j] * x[j] for j in range(len(x))) for i in range(a.shape[0])]
 
 
 # Below |a - b| h = 1e-2 the divided difference is a Taylor series: 8 terms leave a relative
