@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import diffrax as dfx
 import equinox as eqx
@@ -367,7 +367,52 @@ def _nonmem_order(t, key):
     return jnp.sum(jnp.where(rank[:, None] == i[None, :], i[:, None], 0), axis=0, dtype=jnp.int32)
 
 
+class _EventStates(NamedTuple):
+    """One patient's closed-form solution at its events (parameters constant in time):
+    the state and input just after each event in NONMEM order, the event times, the status
+    so far, the propagator and the parameters the outputs read. The outputs follow in
+    :func:`_closed_outputs`."""
+
+    ys: Any
+    rs: Any
+    ts: Any
+    code: Any
+    sys: Any
+    q: Any
+
+
+def _closed_outputs(model: AbstractModel, cfg: SolverConfig, ev: _EventStates, out_t, out_prev=None):
+    """Amounts and outputs at times ``out_t`` from the states at the events: each output
+    continues from the last event before it, in modal coordinates, with only exponentials
+    per output. ``out_prev``: that event's index (default: requested times come after
+    everything at their time)."""
+    if out_prev is None:
+        out_prev = jnp.sum(ev.ts[:, None] <= out_t[None, :], axis=0, dtype=jnp.int32) - 1
+    has = out_prev >= 0
+    prev = jnp.maximum(out_prev, 0)
+    h = jnp.where(has, out_t - ev.ts[prev], 0.0)
+    sys = ev.sys
+
+    # Planar (component, time) layout and one gather per component: the work per output
+    # vectorises over time (a gather of rows under vmap is several times slower).
+    def at_outputs(states):
+        return [z[prev] * has for z in sys.modal_planar(list(states.T))]
+
+    zr = at_outputs(ev.rs) if cfg.infusions else None  # None: no input between events
+    amounts = jnp.stack(sys.unmodal_planar(sys.advance_modal_planar(at_outputs(ev.ys), zr, h)), -1)
+    outputs = jax.vmap(model.observe, in_axes=(0, 0, None))(out_t, amounts, ev.q)
+    return amounts, outputs, _finite_status(ev.code, amounts)
+
+
+def _finite_status(code, amounts):
+    # One sum, not a test per amount: a NaN or an infinity anywhere makes it non-finite
+    # (so would amounts near 1e308, which are no more usable).
+    finite = jnp.isfinite(jnp.sum(amounts))
+    return jnp.where(finite, code, jnp.maximum(code, Status.NONFINITE))
+
+
 def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, out_times):
+    """One patient: ``(amounts, outputs, status)``."""
     n = model.n_state
     R = et.time.shape[0]
     M = et.dose_rec.shape[0]
@@ -512,8 +557,10 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
                 (st[None, :] == out_t[:, None]) & (sk[None, :] < out_key[:, None])
             )
             out_prev = jnp.sum(before, axis=1) - 1
-        else:  # requested times come after everything at that time
+        elif time_varying:  # requested times come after everything at that time
             out_prev = jnp.sum(e_time[:, None] <= out_t[None, :], axis=0, dtype=jnp.int32) - 1
+        else:  # the same, in _closed_outputs
+            out_prev = None
         scan_order = ev_order
     else:
         # ODE: outputs are stops of the scan (the state there comes from the solver).
@@ -606,25 +653,18 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
     (_, _, _, _, code, _), (ys, rs, ts) = jax.lax.scan(body, init, xs)
     code = jnp.maximum(code, jnp.max(ss_code, initial=0))
 
+    if prop.closed and not time_varying:
+        return _closed_outputs(model, cfg, _EventStates(ys, rs, ts, code, sys0, q0), out_t, out_prev)
+
     # Outputs, in input order.
     has = out_prev >= 0
     prev = jnp.maximum(out_prev, 0)
     x0 = jnp.where(has[:, None], ys[prev], 0.0)
-    if prop.closed:
+    if prop.closed:  # parameters varying in time
         h = jnp.where(has, out_t - ts[prev], 0.0)
         r0 = jnp.where(has[:, None], rs[prev], 0.0)
-        if time_varying:
-            sys_out = jax.tree.map(lambda a: a[nocb(out_t)], sys_rec)
-            amounts = jax.vmap(lambda s_, x_, r_, h_: s_.advance(x_, r_, h_))(sys_out, x0, r0, h)
-        else:
-            # Modal coordinates once per event, then per output only exponentials.
-            # Planar (component, time) layout and one gather per component: the work per
-            # output vectorises over time (a gather of rows under vmap is several times slower).
-            def at_outputs(states):
-                return [z[prev] * has for z in sys0.modal_planar(list(states.T))]
-
-            zr = at_outputs(rs) if cfg.infusions else None  # None: no input between events
-            amounts = jnp.stack(sys0.unmodal_planar(sys0.advance_modal_planar(at_outputs(ys), zr, h)), -1)
+        sys_out = jax.tree.map(lambda a: a[nocb(out_t)], sys_rec)
+        amounts = jax.vmap(lambda s_, x_, r_, h_: s_.advance(x_, r_, h_))(sys_out, x0, r0, h)
     else:
         amounts = x0
     if not time_varying:  # the same parameters at every output
@@ -632,11 +672,7 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
     else:
         q_out = q_rec if cfg.at_records else {k: v[nocb(out_times)] for k, v in q_rec.items()}
         outputs = jax.vmap(model.observe)(out_t, amounts, q_out)
-    # One sum, not a test per amount: a NaN or an infinity anywhere makes it non-finite
-    # (so would amounts near 1e308, which are no more usable).
-    finite = jnp.isfinite(jnp.sum(amounts))
-    code = jnp.where(finite, code, jnp.maximum(code, Status.NONFINITE))
-    return amounts, outputs, code
+    return amounts, outputs, _finite_status(code, amounts)
 
 
 def _pad_patients(args, multiple):
@@ -729,20 +765,22 @@ def _simulate_jit(model, cfg, et, p, out_times, *, batched, times_batched):
     if not batched:
         return one(model, cfg, et, p, out_times)
     n_pat = et.time.shape[0]
-    if times_batched:
-        fn = functools.partial(one, model, cfg)
-        args = (et, p, out_times)
-    else:
-        fn = lambda e, q: one(model, cfg, e, q, out_times)  # noqa: E731
-        args = (et, p)
+    args = (et, p, out_times) if times_batched else (et, p)
+
+    def fn(e, q, t=out_times):
+        return one(model, cfg, e, q, t)
+
+    def run(*a):
+        return _vmap_chunked(fn, a, cfg.batch_size)
+
     if cfg.devices <= 1:
-        return _vmap_chunked(fn, args, cfg.batch_size)
+        return run(*args)
     # Several devices (e.g. CPU cores made devices by twinrx.use_cpu_cores): each runs
     # its share of the patients; one compilation for all.
     mesh = jax.sharding.Mesh(np.array(jax.local_devices()[: cfg.devices]), ("patients",))
     spec = jax.sharding.PartitionSpec("patients")
     sharded = jax.shard_map(
-        lambda *a: _vmap_chunked(fn, a, cfg.batch_size),
+        run,
         mesh=mesh,
         in_specs=spec,
         out_specs=spec,
@@ -854,16 +892,16 @@ def simulate_arrays(
         raise ValueError("infusions=False, but a dose record has RATE != 0")
     infusions = found and infusions is not False
     at_records = times is None
-    out_times = jnp.zeros((0,)) if at_records else jnp.asarray(times, float)
+    out_times = np.zeros((0,)) if at_records else _as_float(times)
     times_batched = (not at_records) and out_times.ndim == 2
     if batched:
         N = events.time.shape[0]
         R = events.time.shape[1]
         pb = {}
         for k, v in params.items():
-            v = jnp.asarray(v, float)
+            v = _as_float(v)
             if v.ndim == 0:
-                v = jnp.broadcast_to(v, (N,))
+                v = (np if isinstance(v, np.ndarray) else jnp).broadcast_to(v, (N,))
             if v.shape[0] != N:
                 raise ValueError(f"parameter {k!r} has leading size {v.shape[0]}, but there are {N} patients")
             if v.ndim == 2 and v.shape[1] != R:
@@ -873,8 +911,7 @@ def simulate_arrays(
     else:
         R = events.time.shape[0]
         params = {
-            k: (_pad_edge(jnp.asarray(v, float), R) if jnp.ndim(v) == 1 else jnp.asarray(v, float))
-            for k, v in params.items()
+            k: (_pad_edge(_as_float(v), R) if jnp.ndim(v) == 1 else _as_float(v)) for k, v in params.items()
         }
     if sensitivity not in ("reverse", "forward"):
         raise ValueError(f"sensitivity must be 'reverse' or 'forward', not {sensitivity!r}")
@@ -902,7 +939,26 @@ def simulate_arrays(
         superpose=superpose,
         sensitivity=sensitivity,
     )
+    if cfg.devices > 1:
+        # Split over devices, host arrays reach them in one transfer each; arrays already
+        # on the first device would be copied again, one by one (most of a small call).
+        events = jax.tree.map(_to_host, events)
     return _simulate_jit(model, cfg, events, params, out_times, batched=batched, times_batched=times_batched)
+
+
+def _as_float(v):
+    """A float64 array: JAX arrays and tracers as JAX arrays, anything else as a NumPy
+    array, which the compiled call transfers itself (no separate copy to a device)."""
+    if isinstance(v, jax.Array):
+        return jnp.asarray(v, float)
+    return np.asarray(v, dtype=float)
+
+
+def _to_host(x):
+    """A concrete JAX array as a NumPy array (a view on CPU); anything else unchanged."""
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.is_fully_addressable:
+        return np.asarray(x)
+    return x
 
 
 def _with_defaults(model: AbstractModel, params: Mapping[str, Any], referenced=()) -> dict[str, Any]:
@@ -939,7 +995,7 @@ def _default_batch(method: str) -> int:
     """Patients per vmapped chunk on CPU (measured in benchmarks/simulate_cohort.py)."""
     if jax.default_backend() != "cpu":
         return 0
-    return 1000 if method == "closed_form" else 500
+    return 250 if method == "closed_form" else 500
 
 
 def _pad_edge(v, R):
@@ -948,7 +1004,7 @@ def _pad_edge(v, R):
     if v.shape[-1] > R:
         raise ValueError(f"a time-varying parameter has {v.shape[-1]} values but there are {R} records")
     pad = [(0, 0)] * (v.ndim - 1) + [(0, R - v.shape[-1])]
-    return jnp.pad(v, pad, mode="edge")
+    return (np if isinstance(v, np.ndarray) else jnp).pad(v, pad, mode="edge")
 
 
 _SUPERPOSE_MAX = 8192  # outputs x dose instances per patient
