@@ -143,6 +143,20 @@ def test_cohort_split_over_cpu_devices_matches_one_device():
             two = twinrx.simulate_arrays(m, p, [ev] * 7, np.arange(0.0, 48.0, 3.0), solver=solver)
             np.testing.assert_allclose(np.asarray(two[1]["CP"]), np.asarray(one[1]["CP"]), rtol=1e-12)
             assert np.asarray(two[1]["CP"]).shape == (7, 16)
+        # The inputs travel packed: per-patient times, a per-record parameter, JAX arrays,
+        # tables of different lengths; and traced inputs (under jit) unpacked.
+        import jax, jax.numpy as jnp
+        tables = [twinrx.EventTable.from_records([0.0, 6.0 + i, 30.0], [1, 0, 1], [100.0, 0, 50.0], [1, 2, 1])
+                  for i in range(5)] + [ev, ev]
+        times = np.arange(0.0, 48.0, 3.0)[None, :] + np.arange(7.0)[:, None]
+        events = twinrx.stack_tables(tables)
+        R = events.time.shape[1]
+        q = {k: jnp.asarray(v) for k, v in p.items()} | {"CL": np.repeat(p["CL"][:, None], R, 1)}
+        one = twinrx.simulate_arrays(m, q, events, times, devices=1)
+        two = twinrx.simulate_arrays(m, q, events, times)
+        np.testing.assert_allclose(np.asarray(two[1]["CP"]), np.asarray(one[1]["CP"]), rtol=1e-12)
+        jitted = jax.jit(lambda q_: twinrx.simulate_arrays(m, q_, events, times)[1]["CP"])(q)
+        np.testing.assert_allclose(np.asarray(jitted), np.asarray(one[1]["CP"]), rtol=1e-12)
         print("OK")
         """
     )

@@ -754,6 +754,47 @@ def _forward_sensitivities(one):
     return solve
 
 
+@functools.partial(jax.jit, static_argnames=("model", "cfg", "layout", "times_batched"))
+def _simulate_packed_jit(model, cfg, packed, out_times, *, layout, times_batched):
+    """:func:`_simulate_jit` for a cohort whose per-patient inputs came packed by
+    :func:`_pack_host` (and ``out_times`` too when ``times_batched``)."""
+    inputs = _unpack(packed, layout)
+    et, p = inputs[:2]
+    if times_batched:
+        out_times = inputs[2]
+    return _simulate_jit(model, cfg, et, p, out_times, batched=True, times_batched=times_batched)
+
+
+def _pack_host(tree, n: int):
+    """Concrete per-patient host arrays (leading axis ``n``) packed into one ``(n, k)``
+    array per dtype, and the (hashable) layout to unpack them: a cohort then reaches its
+    devices in three transfers instead of one per field, which is most of a small call.
+    ``None`` when a leaf is not a host array of ``n`` patients (e.g. a tracer)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    groups: dict[str, list] = {}
+    spec = []
+    for x in leaves:
+        if isinstance(x, jax.core.Tracer) or np.ndim(x) == 0 or np.shape(x)[0] != n:
+            return None
+        a = np.asarray(x)
+        group = groups.setdefault(a.dtype.str, [])
+        spec.append((a.dtype.str, sum(g.shape[1] for g in group), a.shape[1:]))
+        group.append(a.reshape(n, -1))
+    keys = tuple(sorted(groups))
+    packed = tuple(np.concatenate(groups[k], axis=1) for k in keys)
+    return packed, (treedef, keys, tuple(spec))
+
+
+def _unpack(packed, layout):
+    treedef, keys, spec = layout
+    by_key = dict(zip(keys, packed))
+    n = packed[0].shape[0]
+    leaves = [
+        by_key[k][:, at : at + int(np.prod(shape, dtype=int))].reshape((n, *shape)) for k, at, shape in spec
+    ]
+    return jax.tree.unflatten(treedef, leaves)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "cfg", "batched", "times_batched"))
 def _simulate_jit(model, cfg, et, p, out_times, *, batched, times_batched):
     core = _superpose_one if cfg.superpose else _simulate_one
@@ -939,10 +980,15 @@ def simulate_arrays(
         superpose=superpose,
         sensitivity=sensitivity,
     )
-    if cfg.devices > 1:
-        # Split over devices, host arrays reach them in one transfer each; arrays already
-        # on the first device would be copied again, one by one (most of a small call).
-        events = jax.tree.map(_to_host, events)
+    if batched and cfg.devices > 1:
+        # Split over devices: concrete inputs go as a few packed host arrays, one transfer
+        # each; arrays already on the first device would be copied again one by one.
+        inputs = (events, params, out_times) if times_batched else (events, params)
+        packed = _pack_host(inputs, events.time.shape[0])
+        if packed is not None:
+            return _simulate_packed_jit(
+                model, cfg, packed[0], out_times, layout=packed[1], times_batched=times_batched
+            )
     return _simulate_jit(model, cfg, events, params, out_times, batched=batched, times_batched=times_batched)
 
 
@@ -952,13 +998,6 @@ def _as_float(v):
     if isinstance(v, jax.Array):
         return jnp.asarray(v, float)
     return np.asarray(v, dtype=float)
-
-
-def _to_host(x):
-    """A concrete JAX array as a NumPy array (a view on CPU); anything else unchanged."""
-    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.is_fully_addressable:
-        return np.asarray(x)
-    return x
 
 
 def _with_defaults(model: AbstractModel, params: Mapping[str, Any], referenced=()) -> dict[str, Any]:
