@@ -126,7 +126,7 @@ def exp_divided_difference(a, b, ea, eb, h):
     ``h exp(a h)``). For rates ``a``, ``b`` and many times ``h`` the only division is the
     rates' own."""
     d = a - b
-    inv_d = 1.0 / jnp.where(d == 0, 1.0, d)
+    inv_d = _safe_reciprocal(d)
     dh = d * h
     near = jnp.abs(dh) < _DIVDIFF_SWITCH
     # exp(b h) (exp(d h) - 1) / d = exp(b h) h sum_{k<K} (d h)^k / (k + 1)!, in Horner form
@@ -138,11 +138,17 @@ def exp_divided_difference(a, b, ea, eb, h):
     return jnp.where(near, series, (ea - eb) * inv_d)
 
 
+def _safe_reciprocal(x):
+    """``1 / x``, but 1 where ``|x| < 1e-100``: there the callers take their series branch,
+    and the unused reciprocal must stay finite for its derivative (``-1 / x^2``) too."""
+    return 1.0 / jnp.where(jnp.abs(x) < 1e-100, 1.0, x)
+
+
 def phi1(lam, h):
     """(exp(lam h) - 1) / lam, stable as lam -> 0 (where it tends to h)."""
     lh = lam * h
     small = jnp.abs(lh) < 1e-8
-    inv_lam = 1.0 / jnp.where(lam == 0, 1.0, lam)  # per rate, not per time
+    inv_lam = _safe_reciprocal(lam)  # per rate, not per time
     return jnp.where(small, h * (1.0 + 0.5 * lh), jnp.expm1(lh) * inv_lam)
 
 
