@@ -333,3 +333,35 @@ def test_sensitivity_is_checked():
     ev = EventTable.from_records([0.0], [1], [100.0], [1])
     with pytest.raises(ValueError, match="sensitivity must be"):
         simulate_arrays(twinrx.get_model("one_cpt_iv"), {}, ev, TIMES, sensitivity="adjoint")
+
+
+@pytest.mark.parametrize("n_events", [7, 40, 150])  # all-pairs ranks up to 96, lexsort above
+def test_event_order_is_nonmem_order(n_events):
+    """Events are ordered by time, then NONMEM's key at equal times, then position: the
+    order must equal numpy's lexsort, with many ties of time and of key, and infinities."""
+    from twinrx.solve import _nonmem_order
+
+    rng = np.random.default_rng(n_events)
+    for _ in range(20):
+        t = rng.integers(0, 5, n_events).astype(float)
+        t[rng.random(n_events) < 0.05] = np.inf
+        key = rng.integers(-1, 4, n_events).astype(np.int32)
+        want = np.lexsort((np.arange(n_events), key, t))
+        got = np.asarray(jax.jit(_nonmem_order)(jnp.asarray(t), jnp.asarray(key)))
+        np.testing.assert_array_equal(got, want)
+
+
+def test_closed_form_with_more_events_than_the_rank_order_takes():
+    """A patient with more than 96 events (the sorted path) against the ODE, with outputs
+    between, at and after the doses."""
+    n_doses = 120
+    ev = EventTable.from_records(
+        time=list(np.arange(n_doses) * 6.0), evid=[1] * n_doses, amt=[10.0] * n_doses, cmt=[1] * n_doses
+    )
+    m = twinrx.get_model("two_cpt_oral")
+    p = {"CL": 4.0, "V1": 30.0, "Q": 8.0, "V2": 80.0, "KA": 1.3}
+    times = np.linspace(0.0, 6.0 * n_doses + 24.0, 301)
+    _, closed, s1 = twinrx.simulate_arrays(m, p, ev, times, solver="closed_form")
+    _, ode, s2 = twinrx.simulate_arrays(m, p, ev, times, solver="ode", rtol=1e-10, atol=1e-12)
+    assert int(s1) == int(s2) == Status.SUCCESS
+    np.testing.assert_allclose(np.asarray(closed["CP"]), np.asarray(ode["CP"]), rtol=1e-7, atol=1e-12)

@@ -357,7 +357,7 @@ def _nonmem_order(t, key):
     i = jnp.arange(E, dtype=jnp.int32)
     if E > _RANK_ORDER_MAX:
         return jnp.lexsort((i, key, t)).astype(jnp.int32)
-    t = jnp.where(jnp.isnan(t), jnp.inf, t)  # lexsort puts NaN last
+    t = jnp.where(jnp.isnan(t), jnp.inf, t)  # NaN (never a valid time) goes last, with infinity
     # rank[i]: how many events come before event i (summed over the leading axis, which
     # vectorises along i); order[rank[i]] = i.
     tj, ti = t[:, None], t[None, :]
