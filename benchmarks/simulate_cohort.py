@@ -50,7 +50,7 @@ chunk; 0 = one vmap over all). By default twinrx's own default is used.
 Timing
 ------
 twinrx engines: the first call (tracing + XLA compilation + run) is timed on its own, then
-``--repeats`` (3) warm calls; ``seconds`` is the best warm call and ``compile_seconds`` =
+``--repeats`` (10) warm calls; ``seconds`` is the best warm call and ``compile_seconds`` =
 first call - best warm call. Calls are ``simulate_arrays`` from Python (argument checks
 included) with ``jax.block_until_ready`` on the outputs. The stacked event table
 (``twinrx.stack_tables([ev] * N)``) is built once per N, outside the engine timings; its time
@@ -420,7 +420,7 @@ def main(argv=None) -> int:
         "it is the accuracy reference)",
     )
     ap.add_argument("--seed", type=int, default=20240917)
-    ap.add_argument("--repeats", type=int, default=3, help="warm twinrx calls; the best is reported")
+    ap.add_argument("--repeats", type=int, default=10, help="warm twinrx calls; the best is reported")
     ap.add_argument(
         "--roadrunner-max",
         type=int,
