@@ -106,3 +106,27 @@ def test_comment_rows_skipped_and_dot_is_missing():
     assert data.ids == ["1"]
     np.testing.assert_array_equal(data.columns[0]["TIME"], [0.0, 2.0])
     np.testing.assert_array_equal(data.lines[0], [2, 4])
+
+
+def test_stacking_a_repeated_table_equals_stacking_copies():
+    """``[table] * n`` is read once: the stack must be the same as for distinct copies,
+    interleaved with a table of another shape (padding)."""
+    import jax
+
+    import twinrx
+
+    def a():
+        return twinrx.EventTable.from_records(time=[0.0], evid=[1], amt=[100.0], cmt=[1], ii=[12.0], addl=[3])
+
+    def b():
+        return twinrx.EventTable.from_records(
+            time=[0.0, 5.0, 6.0], evid=[1, 0, 1], amt=[50.0, 0, 20.0], cmt=[1, 1, 1]
+        )
+
+    ta, tb = a(), b()
+    shared = twinrx.stack_tables([ta, tb, ta, tb, tb, ta])
+    copies = twinrx.stack_tables([a(), b(), a(), b(), b(), a()])
+    assert shared.time.shape == (6, 3) and shared.dose_rec.shape == (6, 4)
+    for x, y in zip(jax.tree.leaves(shared), jax.tree.leaves(copies)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert shared.max_ss_overlap == copies.max_ss_overlap

@@ -327,10 +327,16 @@ def stack_tables(tables: Sequence[EventTable]) -> EventTable:
     """Pad patients' tables to one shape and stack them along a leading patient axis.
 
     Padding repeats each patient's last record as a masked no-op; done in numpy, once, so a
-    cohort of 10^5 patients stacks in well under a second per 10^4.
+    cohort of 10^5 patients stacks in well under a second per 10^4; one table object
+    repeated (``[table] * n``) is read once.
     """
     if not tables:
         raise ValueError("no event tables to stack")
+    # The same table object repeated (one regimen for a whole cohort) is read once.
+    first: dict[int, int] = {}
+    index = np.array([first.setdefault(id(t), len(first)) for t in tables], dtype=np.intp)
+    unique = {i: t for t, i in zip(tables, index)}
+    tables = [unique[i] for i in range(len(unique))]
     sizes = {
         "time": max(t.time.shape[0] for t in tables),
         "dose_rec": max(t.dose_rec.shape[0] for t in tables),
@@ -380,5 +386,5 @@ def stack_tables(tables: Sequence[EventTable]) -> EventTable:
                     arr[i, k:] = np.asarray(t.time)[0] if t.time.shape[0] else 0.0
                 else:  # time, cmt: repeat the last value
                     arr[i, k:] = c[-1] if k else 0
-        out[name] = jnp.asarray(arr)
+        out[name] = jnp.asarray(arr if len(tables) == len(index) else arr[index])
     return EventTable(**out, max_ss_overlap=max(t.max_ss_overlap for t in tables))
