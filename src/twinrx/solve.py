@@ -358,13 +358,13 @@ def _nonmem_order(t, key):
     if E > _RANK_ORDER_MAX:
         return jnp.lexsort((i, key, t)).astype(jnp.int32)
     t = jnp.where(jnp.isnan(t), jnp.inf, t)  # NaN (never a valid time) goes last, with infinity
-    # rank[i]: how many events come before event i (summed over the leading axis, which
-    # vectorises along i); order[rank[i]] = i.
+    # (key, position) as one integer, in the same order; rank[i]: how many events come
+    # before event i (summed over the leading axis, which vectorises along i).
+    kp = key.astype(jnp.int32) * E + i
     tj, ti = t[:, None], t[None, :]
-    kj, ki = key[:, None], key[None, :]
-    before = (tj < ti) | ((tj == ti) & ((kj < ki) | ((kj == ki) & (i[:, None] < i[None, :]))))
+    before = (tj < ti) | ((tj == ti) & (kp[:, None] < kp[None, :]))
     rank = jnp.sum(before, axis=0, dtype=jnp.int32)
-    return jnp.sum(jnp.where(rank[:, None] == i[None, :], i[:, None], 0), axis=0, dtype=jnp.int32)
+    return jnp.zeros(E, jnp.int32).at[rank].set(i, unique_indices=True)
 
 
 class _EventStates(NamedTuple):
@@ -772,14 +772,16 @@ def _pack_host(tree, n: int):
     ``None`` when a leaf is not a host array of ``n`` patients (e.g. a tracer)."""
     leaves, treedef = jax.tree.flatten(tree)
     groups: dict[str, list] = {}
+    width: dict[str, int] = {}
     spec = []
     for x in leaves:
         if isinstance(x, jax.core.Tracer) or np.ndim(x) == 0 or np.shape(x)[0] != n:
             return None
-        a = np.asarray(x)
-        group = groups.setdefault(a.dtype.str, [])
-        spec.append((a.dtype.str, sum(g.shape[1] for g in group), a.shape[1:]))
-        group.append(a.reshape(n, -1))
+        a = np.asarray(x).reshape(n, -1)
+        key = a.dtype.str
+        spec.append((key, width.get(key, 0), np.shape(x)[1:]))
+        groups.setdefault(key, []).append(a)
+        width[key] = width.get(key, 0) + a.shape[1]
     keys = tuple(sorted(groups))
     packed = tuple(np.concatenate(groups[k], axis=1) for k in keys)
     return packed, (treedef, keys, tuple(spec))
