@@ -599,11 +599,8 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
         live = origin >= last_reset
         onehot = jax.nn.one_hot(cm, n)
         x = x + jnp.where((kind == _BOLUS) & live, val, 0.0) * onehot
-        dr = jnp.where((kind == _INF_START) & live, val, 0.0) - jnp.where((kind == _INF_END) & live, val, 0.0)
-        rate = rate + dr * onehot
         is_reset = (kind == _RESET) | (kind == _SS_RESET)
         x = jnp.where(is_reset, 0.0, x)
-        rate = jnp.where(is_reset, 0.0, rate)
         last_reset = jnp.where(is_reset, origin, last_reset)
         is_ss = (kind == _SS_RESET) | (kind == _SS_ADD)
         x = x + jnp.where(is_ss, ss_x[ev_["slot"]], 0.0)
@@ -612,9 +609,14 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
             # SS=2 record adds only its departure from the baseline.
             x_init = x_init_rec[jnp.clip(origin, 0, R - 1)]
             x = x + jnp.where(kind == _RESET, x_init, 0.0) - jnp.where(kind == _SS_ADD, x_init, 0.0)
-        rate = rate + jnp.where(is_ss, ss_rate[ev_["slot"]], 0.0)
-        # Clean up round-off of a finished infusion so the input is exactly off.
-        rate = jnp.where(jnp.abs(rate) < 1e-12 * (jnp.abs(val) + 1.0), 0.0, rate)
+        if cfg.infusions:  # else every input is zero throughout
+            dr = jnp.where((kind == _INF_START) & live, val, 0.0) - jnp.where(
+                (kind == _INF_END) & live, val, 0.0
+            )
+            rate = jnp.where(is_reset, 0.0, rate + dr * onehot)
+            rate = rate + jnp.where(is_ss, ss_rate[ev_["slot"]], 0.0)
+            # Clean up round-off of a finished infusion so the input is exactly off.
+            rate = jnp.where(jnp.abs(rate) < 1e-12 * (jnp.abs(val) + 1.0), 0.0, rate)
         return x, rate, last_reset
 
     def segment_params(ev_):
