@@ -1435,8 +1435,11 @@ class CardModel(AbstractModel):
     # ---- host side -------------------------------------------------------------------
     def host_inputs(self, params: Mapping, record_times) -> dict:
         out = dict(params)
+        covariates = self.card.covariates
+        if not any(c.name in out for c in covariates) and all(c.interpolation == "nocb" for c in covariates):
+            return out  # nothing to encode or interpolate
         rt = jnp.asarray(record_times, float)
-        interpolated = [c for c in self.card.covariates if c.interpolation != "nocb"]
+        interpolated = [c for c in covariates if c.interpolation != "nocb"]
         for cov in interpolated:  # helpers: the previous record's value (and time)
             if cov.name not in out:
                 out[f"__prev_{cov.name}"] = cov.reference
