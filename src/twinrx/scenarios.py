@@ -1141,15 +1141,18 @@ class _Plan:
 
 def _batched_events(base: EventTable, duration, amt, time) -> EventTable:
     n = amt.shape[0]
-    batch = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), base)
-    dur = jnp.asarray(duration)
-    rate = jnp.where(dur > 0, amt / jnp.where(dur > 0, dur, 1.0), 0.0)
-    time = jnp.asarray(time, float)
-    dose_time = jnp.take(time, base.dose_rec, axis=-1)
+    # Concrete amounts and times: host arrays (broadcast views), which the simulation's
+    # compiled call transfers itself; traced ones (optimise) stay JAX.
+    xp = np if not any(isinstance(x, jax.core.Tracer) for x in (amt, time)) else jnp
+    batch = jax.tree.map(lambda x: xp.broadcast_to(np.asarray(x) if xp is np else x, (n, *x.shape)), base)
+    dur = xp.asarray(duration)
+    rate = xp.where(dur > 0, amt / xp.where(dur > 0, dur, 1.0), 0.0)
+    time = xp.asarray(time, float)
+    dose_time = xp.take(time, np.asarray(base.dose_rec) if xp is np else base.dose_rec, axis=-1)
     return eqx.tree_at(
         lambda e: (e.time, e.amt, e.rate, e.dose_time),
         batch,
-        (time, jnp.asarray(amt, float), rate, dose_time),
+        (time, xp.asarray(amt, float), rate, dose_time),
     )
 
 

@@ -9,6 +9,7 @@ the package (a source checkout or editable install); then the built-in Python mo
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -35,11 +36,18 @@ def model_dirs() -> list[Path]:
 
 
 def _card_paths() -> dict[str, Path]:
+    dirs = model_dirs()
+    # A directory's modification time changes when a card is added, removed or renamed.
+    return dict(_card_paths_cached(tuple((d, d.stat().st_mtime_ns) for d in dirs)))
+
+
+@functools.lru_cache(maxsize=16)
+def _card_paths_cached(dirs: tuple[tuple[Path, int], ...]) -> tuple[tuple[str, Path], ...]:
     found: dict[str, Path] = {}
-    for d in model_dirs():
+    for d, _ in dirs:
         for p in sorted(d.glob("*.toml")):
             found.setdefault(p.stem, p)
-    return found
+    return tuple(found.items())
 
 
 def get_model(name: str | os.PathLike | AbstractModel) -> AbstractModel:
