@@ -39,3 +39,17 @@ def test_library_covers_the_issue():
 def test_card(card, check):
     out = CHECKS[check](get_model(card))
     assert out is None or not out.startswith("skipped"), out
+
+
+def test_a_card_added_to_the_model_path_is_found_after_a_lookup(tmp_path, monkeypatch):
+    """The card directory listing is cached by the directories' modification times: a
+    card added (or removed) after a lookup is seen by the next one."""
+    monkeypatch.setenv("TWINRX_MODEL_PATH", str(tmp_path))
+    with pytest.raises(ValueError, match="unknown model 'my_one_cpt'"):
+        get_model("my_one_cpt")
+    text = _card_paths()["one_cpt_iv"].read_text().replace('name = "one_cpt_iv"', 'name = "my_one_cpt"')
+    (tmp_path / "my_one_cpt.toml").write_text(text)
+    assert get_model("my_one_cpt").name == "my_one_cpt"
+    (tmp_path / "my_one_cpt.toml").unlink()
+    with pytest.raises(ValueError, match="unknown model 'my_one_cpt'"):
+        get_model("my_one_cpt")
