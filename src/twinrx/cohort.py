@@ -1263,7 +1263,7 @@ def dose_covariates(scenario, population: Population) -> dict[str, Any]:
     """What dose formulas read for each patient: the population's covariates (categorical
     ones as level names, ``ANCESTRY`` and genotypes included) and, for what the population
     does not draw, the scenario's ``[patient]`` values (the same for every patient)."""
-    return {**dict(scenario.patient), **population.covariates}
+    return scenario.dose_inputs(population.covariates)
 
 
 def patient_weight(population: Population):

@@ -333,10 +333,14 @@ def stack_tables(tables: Sequence[EventTable]) -> EventTable:
     if not tables:
         raise ValueError("no event tables to stack")
     # The same table object repeated (one regimen for a whole cohort) is read once.
-    first: dict[int, int] = {}
-    index = np.array([first.setdefault(id(t), len(first)) for t in tables], dtype=np.intp)
-    unique = {i: t for t, i in zip(tables, index)}
-    tables = [unique[i] for i in range(len(unique))]
+    slot: dict[int, int] = {}
+    unique: list[EventTable] = []
+    for t in tables:
+        if id(t) not in slot:
+            slot[id(t)] = len(unique)
+            unique.append(t)
+    index = np.array([slot[id(t)] for t in tables], dtype=np.intp)
+    tables = unique
     sizes = {
         "time": max(t.time.shape[0] for t in tables),
         "dose_rec": max(t.dose_rec.shape[0] for t in tables),

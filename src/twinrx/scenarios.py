@@ -576,7 +576,7 @@ def _cmt_unit(model, cmt: str) -> str:
 
 def _formula(spec: Mapping[str, Any], scale: float, where: str) -> DoseFormula:
     """A dose table: ``{ formula = "...", levels = {...}, units = {...}, round = , min = , max = }``."""
-    from .model.expr import Expr, ExprError
+    from .model.expr import ExprError
 
     _unknown(spec, {"formula", "levels", "units", "round", "min", "max"}, f"{where} dose")
     if "formula" not in spec:
@@ -585,7 +585,7 @@ def _formula(spec: Mapping[str, Any], scale: float, where: str) -> DoseFormula:
         )
     text = str(spec["formula"])
     try:
-        expr = Expr.parse(text)
+        expr = _parsed(text)
     except ExprError as e:
         raise ValueError(f"{where}: dose formula: {e}") from None
     levels = []
@@ -1144,11 +1144,13 @@ def _batched_events(base: EventTable, duration, amt, time) -> EventTable:
     # Concrete amounts and times: host arrays (broadcast views), which the simulation's
     # compiled call transfers itself; traced ones (optimise) stay JAX.
     xp = np if not any(isinstance(x, jax.core.Tracer) for x in (amt, time)) else jnp
-    batch = jax.tree.map(lambda x: xp.broadcast_to(np.asarray(x) if xp is np else x, (n, *x.shape)), base)
+    if xp is np:
+        base = jax.tree.map(np.asarray, base)
+    batch = jax.tree.map(lambda x: xp.broadcast_to(x, (n, *x.shape)), base)
     dur = xp.asarray(duration)
     rate = xp.where(dur > 0, amt / xp.where(dur > 0, dur, 1.0), 0.0)
     time = xp.asarray(time, float)
-    dose_time = xp.take(time, np.asarray(base.dose_rec) if xp is np else base.dose_rec, axis=-1)
+    dose_time = xp.take(time, base.dose_rec, axis=-1)
     return eqx.tree_at(
         lambda e: (e.time, e.amt, e.rate, e.dose_time),
         batch,

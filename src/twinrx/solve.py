@@ -387,7 +387,7 @@ def _closed_outputs(model: AbstractModel, cfg: SolverConfig, ev: _EventStates, o
     per output. ``out_prev``: that event's index (default: requested times come after
     everything at their time)."""
     if out_prev is None:
-        out_prev = jnp.sum(ev.ts[:, None] <= out_t[None, :], axis=0, dtype=jnp.int32) - 1
+        out_prev = _last_at_or_before(ev.ts, out_t)
     has = out_prev >= 0
     prev = jnp.maximum(out_prev, 0)
     h = jnp.where(has, out_t - ev.ts[prev], 0.0)
@@ -402,6 +402,12 @@ def _closed_outputs(model: AbstractModel, cfg: SolverConfig, ev: _EventStates, o
     amounts = jnp.stack(sys.unmodal_planar(sys.advance_modal_planar(at_outputs(ev.ys), zr, h)), -1)
     outputs = jax.vmap(model.observe, in_axes=(0, 0, None))(out_t, amounts, ev.q)
     return amounts, outputs, _finite_status(ev.code, amounts)
+
+
+def _last_at_or_before(event_times, out_t):
+    """For each output time, the index (in time order) of the last event at or before it,
+    -1 for none: a count of events, cheaper than a search for the few events of a patient."""
+    return jnp.sum(event_times[:, None] <= out_t[None, :], axis=0, dtype=jnp.int32) - 1
 
 
 def _finite_status(code, amounts):
@@ -558,7 +564,7 @@ def _simulate_one(model: AbstractModel, cfg: SolverConfig, et: EventTable, p, ou
             )
             out_prev = jnp.sum(before, axis=1) - 1
         elif time_varying:  # requested times come after everything at that time
-            out_prev = jnp.sum(e_time[:, None] <= out_t[None, :], axis=0, dtype=jnp.int32) - 1
+            out_prev = _last_at_or_before(e_time, out_t)
         else:  # the same, in _closed_outputs
             out_prev = None
         scan_order = ev_order

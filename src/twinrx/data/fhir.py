@@ -713,14 +713,8 @@ class _Reader:
 
     def _value(self, part: dict, prefix: str) -> tuple[Quantity, float, int, float]:
         codings = [c for c in _list(_obj(part, "code"), "coding") if isinstance(c, dict)]
-        q = next(
-            (
-                self.codes[(c.get("system"), c.get("code").strip())]
-                for c in codings
-                if isinstance(c.get("code"), str) and (c.get("system"), c.get("code").strip()) in self.codes
-            ),
-            None,
-        )
+        own = [(c.get("system"), c["code"].strip()) for c in codings if isinstance(c.get("code"), str)]
+        q = next((self.codes[k] for k in own if k in self.codes), None)
         codes = [
             c.get("code") for c in codings if c.get("system") == LOINC and isinstance(c.get("code"), str)
         ]
